@@ -1,0 +1,105 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"mailproxy/config"
+	"mailproxy/upstream"
+)
+
+// cmdCheck proves a profile works: it gets a token, logs in upstream and,
+// with -send-to, sends a test message. It says what worked and what failed.
+func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("check", flag.ContinueOnError)
+	cfgPath := fs.String("config", "", "configuration file")
+	sendTo := fs.String("send-to", "", "send a test message to this address")
+	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
+		return errUsage
+	}
+	cfg, err := config.Load(configPath(*cfgPath))
+	if err != nil {
+		return err
+	}
+	name := fs.Arg(0)
+	p, ok := cfg.Profiles[name]
+	if !ok {
+		return fmt.Errorf("no profile %q; profiles: %s", name, strings.Join(cfg.ProfileNames(), ", "))
+	}
+	a, err := build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+
+	failed := false
+	step := func(what string, f func() (string, error)) bool {
+		detail, err := f()
+		if err != nil {
+			failed = true
+			fmt.Fprintf(stdout, "  %-6s FAIL  %v\n", what, err)
+			return false
+		}
+		fmt.Fprintf(stdout, "  %-6s ok    %s\n", what, detail)
+		return true
+	}
+	fmt.Fprintf(stdout, "profile %q: credentials %s, mailbox %s\n", name, p.Credentials.Type, p.Mailbox)
+	tokenOK := true
+	if c := a.caches[name]; c != nil {
+		tokenOK = step("token", func() (string, error) {
+			tok, err := c.Token(ctx)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("valid until %s", tok.Expiry.Format(time.RFC3339)), nil
+		})
+	}
+	if up := a.smtp[name]; up != nil && tokenOK {
+		u := p.SMTP.Upstream
+		loggedIn := step("smtp", func() (string, error) {
+			if err := up.Check(ctx); err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s (%s), AUTH %s as %s accepted", u.Host, u.TLS, strings.ToUpper(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User), nil
+		})
+		if loggedIn && *sendTo != "" {
+			step("send", func() (string, error) {
+				if err := sendTestMessage(ctx, up, p.Mailbox, *sendTo, name); err != nil {
+					return "", err
+				}
+				return fmt.Sprintf("test message from %s to %s accepted upstream", p.Mailbox, *sendTo), nil
+			})
+		}
+		up.Close()
+	}
+	if failed {
+		return errors.New("check failed: see the FAIL lines above")
+	}
+	return nil
+}
+
+func sendTestMessage(ctx context.Context, up interface {
+	Begin(context.Context, string, *smtp.MailOptions) (*upstream.SMTPTransaction, error)
+}, from, to, profile string) error {
+	t, err := up.Begin(ctx, from, nil)
+	if err != nil {
+		return err
+	}
+	if err := t.Rcpt(to, nil); err != nil {
+		t.Abort()
+		return err
+	}
+	now := time.Now()
+	msg := fmt.Sprintf("From: <%s>\r\nTo: <%s>\r\nSubject: mailproxy check %s\r\nDate: %s\r\nMessage-ID: <check-%d@mailproxy>\r\n\r\nThis message was sent by mailproxy check %s.\r\n",
+		from, to, profile, now.Format(time.RFC1123Z), now.UnixNano(), profile)
+	return t.Data(strings.NewReader(msg))
+}

@@ -1,0 +1,111 @@
+// Command mailproxy lets apps that speak plain SMTP with a password keep
+// sending mail to servers that accept only OAuth 2.0.
+//
+// This package only parses the command line and wires the other packages.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"mailproxy/config"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `mailproxy — a local SMTP proxy that logs in upstream with OAuth 2.0
+
+Usage:
+  mailproxy demo [-smtp ADDR]                 run everything in-process, no cloud account needed
+  mailproxy serve [-config FILE]              run the profiles in FILE
+  mailproxy check [-config FILE] [-send-to ADDR] PROFILE
+                                              get a token, log in upstream, optionally send a test message
+  mailproxy config validate [-config FILE]    check FILE and list every problem
+  mailproxy key generate                      print a new token store key
+  mailproxy version
+
+FILE defaults to $MAILPROXY_CONFIG, then ./mailproxy.yaml.
+`
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage makes run print the usage and exit 2.
+var errUsage = errors.New("usage")
+
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	var err error
+	switch args[0] {
+	case "serve":
+		err = cmdServe(ctx, args[1:], stderr)
+	case "demo":
+		err = cmdDemo(ctx, args[1:], stdout, stderr)
+	case "check":
+		err = cmdCheck(ctx, args[1:], stdout, stderr)
+	case "config":
+		err = cmdConfig(args[1:], stdout)
+	case "key":
+		if len(args) == 2 && args[1] == "generate" {
+			err = cmdKeyGenerate(stdout)
+		} else {
+			err = errUsage
+		}
+	case "version", "-version", "--version":
+		fmt.Fprintln(stdout, "mailproxy", version)
+	case "help", "-h", "-help", "--help":
+		fmt.Fprint(stdout, usage)
+	default:
+		err = errUsage
+	}
+	switch {
+	case err == nil:
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprint(stderr, usage)
+		return 2
+	default:
+		fmt.Fprintln(stderr, "mailproxy:", err)
+		return 1
+	}
+}
+
+func configPath(flagValue string) string {
+	if flagValue != "" {
+		return flagValue
+	}
+	if p := os.Getenv("MAILPROXY_CONFIG"); p != "" {
+		return p
+	}
+	return "mailproxy.yaml"
+}
+
+func newLogger(w io.Writer, l config.Log) *slog.Logger {
+	level := slog.LevelInfo
+	switch l.Level {
+	case "debug":
+		level = slog.LevelDebug
+	case "warn":
+		level = slog.LevelWarn
+	case "error":
+		level = slog.LevelError
+	}
+	opts := &slog.HandlerOptions{Level: level}
+	if l.Format == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}

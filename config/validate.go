@@ -1,0 +1,389 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// Problem is one thing wrong with the file, at a key path.
+type Problem struct {
+	Path string
+	Msg  string
+}
+
+func (p Problem) Error() string { return p.Path + ": " + p.Msg }
+
+type problems []error
+
+func (ps *problems) add(path, format string, args ...any) {
+	*ps = append(*ps, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+}
+
+// DefaultListenHost is where listeners bind unless told otherwise.
+const DefaultListenHost = "127.0.0.1"
+
+// DefaultMessagesPerSession follows CMO's NumberOfMessagesPerSession.
+const DefaultMessagesPerSession = 3
+
+// DefaultMaxMessageBytes is the SIZE advertised when none is configured.
+const DefaultMaxMessageBytes = 50 << 20
+
+func (c *Config) applyDefaults() {
+	for _, p := range c.Profiles {
+		cr := &p.Credentials
+		switch cr.Type {
+		case CredMicrosoft365:
+			if cr.Authority == "" {
+				cr.Authority = DefaultMicrosoftAuthority
+			}
+			if len(cr.Scopes) == 0 {
+				cr.Scopes = []string{DefaultMicrosoftScope}
+			}
+		case CredGoogleServiceAccount:
+			if len(cr.Scopes) == 0 {
+				cr.Scopes = []string{DefaultGoogleScope}
+			}
+			if cr.Impersonate == "" {
+				cr.Impersonate = p.Mailbox
+			}
+		case CredOAuth2:
+			if cr.Grant == "" {
+				cr.Grant = GrantClientCredentials
+				if cr.RefreshToken.IsSet() {
+					cr.Grant = GrantRefreshToken
+				}
+			}
+		case CredBasic:
+			if cr.Username == "" {
+				cr.Username = p.Mailbox
+			}
+		}
+		for i := range p.LocalUsers {
+			if p.LocalUsers[i].Name == "" {
+				p.LocalUsers[i].Name = p.LocalUsers[i].Username
+			}
+		}
+		if s := p.SMTP; s != nil {
+			s.Listen = withDefaultHost(s.Listen)
+			if s.LocalAuth == "" {
+				s.LocalAuth = LocalAuthPassword
+			}
+			if s.MaxMessageBytes == 0 {
+				s.MaxMessageBytes = DefaultMaxMessageBytes
+			}
+			u := &s.Upstream
+			if u.TLS == "" {
+				u.TLS = TLSStartTLS
+			}
+			if u.MessagesPerSession == 0 {
+				u.MessagesPerSession = DefaultMessagesPerSession
+			}
+			if u.Mechanism == "" {
+				u.Mechanism = "xoauth2"
+				if cr.Type == CredBasic {
+					u.Mechanism = "plain"
+				}
+			}
+			u.Host = withDefaultPort(u.Host, u.TLS, map[string]string{TLSImplicit: "465", TLSStartTLS: "587", TLSNone: "25"})
+		}
+	}
+}
+
+// withDefaultHost turns ":2525" or "2525" into "127.0.0.1:2525".
+func withDefaultHost(addr string) string {
+	if addr == "" {
+		return ""
+	}
+	if !strings.Contains(addr, ":") {
+		return net.JoinHostPort(DefaultListenHost, addr)
+	}
+	host, port, err := net.SplitHostPort(addr)
+	if err == nil && host == "" {
+		return net.JoinHostPort(DefaultListenHost, port)
+	}
+	return addr
+}
+
+// withDefaultPort adds the port that follows the TLS mode when host has none.
+func withDefaultPort(host, tls string, ports map[string]string) string {
+	if host == "" {
+		return ""
+	}
+	if _, _, err := net.SplitHostPort(host); err == nil {
+		return host
+	}
+	if p, ok := ports[tls]; ok {
+		return net.JoinHostPort(strings.Trim(host, "[]"), p)
+	}
+	return host
+}
+
+// IsLoopback reports whether a listen address binds to loopback only.
+func IsLoopback(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
+}
+
+// Validate checks the whole configuration and returns every problem joined,
+// each naming its key path and what to do.
+func (c *Config) Validate() error {
+	var ps problems
+	if len(c.Profiles) == 0 {
+		ps.add("profiles", "no profiles: add at least one (see README, Configuration)")
+	}
+	switch c.Log.Level {
+	case "", "debug", "info", "warn", "error":
+	default:
+		ps.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		ps.add("log.format", "%q is not one of text, json", c.Log.Format)
+	}
+	if ts := c.TokenStore; ts != nil {
+		if ts.Path == "" {
+			ps.add("token_store.path", "required: a file mailproxy may write (mode 0600)")
+		}
+		c.secret(&ps, "token_store.key", &ts.Key, true)
+	}
+	for _, name := range c.ProfileNames() {
+		c.validateProfile(&ps, c.Profiles[name])
+	}
+	c.validateSharedListeners(&ps)
+	return errors.Join(ps...)
+}
+
+func (c *Config) secret(ps *problems, path string, s *Secret, required bool) {
+	if !s.IsSet() {
+		if required {
+			ps.add(path, "required: give it inline, as ${env:NAME} or as file:/path")
+		}
+		return
+	}
+	if err := s.resolve(); err != nil {
+		ps.add(path, "%v", err)
+	}
+}
+
+func fileExists(ps *problems, path, file string) {
+	if file == "" {
+		return
+	}
+	if _, err := os.Stat(file); err != nil {
+		ps.add(path, "cannot read %s: %v", file, errors.Unwrap(err))
+	}
+}
+
+func (c *Config) validateProfile(ps *problems, p *Profile) {
+	at := "profiles." + p.Name
+	if p.SMTP == nil {
+		ps.add(at, "no listener: add smtp")
+	}
+	if p.Mailbox == "" {
+		ps.add(at+".mailbox", "required: the upstream mailbox address (e.g. crm@contoso.com)")
+	}
+	c.validateCredentials(ps, at+".credentials", p)
+	needsPasswords := false
+	if s := p.SMTP; s != nil {
+		sa := at + ".smtp"
+		validateListener(ps, sa, s.Listen, s.LocalAuth, s.TLS)
+		needsPasswords = needsPasswords || s.LocalAuth == LocalAuthPassword
+		u := s.Upstream
+		if u.Host == "" {
+			ps.add(sa+".upstream.host", "required: the upstream SMTP server, host[:port] (e.g. smtp.office365.com)")
+		}
+		switch u.TLS {
+		case TLSImplicit, TLSStartTLS, TLSNone:
+		default:
+			ps.add(sa+".upstream.tls", "%q is not one of starttls, implicit, none", u.TLS)
+		}
+		fileExists(ps, sa+".upstream.ca_file", u.CAFile)
+		if u.MessagesPerSession < 1 {
+			ps.add(sa+".upstream.messages_per_session", "must be 1 or more")
+		}
+		validateMechanism(ps, sa+".upstream.mechanism", u.Mechanism, p.Credentials.Type)
+		if s.MaxMessageBytes < 0 {
+			ps.add(sa+".max_message_bytes", "must be positive")
+		}
+	}
+	if needsPasswords && len(p.LocalUsers) == 0 {
+		ps.add(at+".local_users", "required with local_auth: password: add a username and password for each app")
+	}
+	seen := map[string]bool{}
+	for i := range p.LocalUsers {
+		u := &p.LocalUsers[i]
+		ua := fmt.Sprintf("%s.local_users[%d]", at, i)
+		if u.Username == "" {
+			ps.add(ua+".username", "required: the login name the app uses")
+		}
+		if seen[u.Username] {
+			ps.add(ua+".username", "%q is listed twice", u.Username)
+		}
+		seen[u.Username] = true
+		c.secret(ps, ua+".password", &u.Password, true)
+	}
+}
+
+func validateListener(ps *problems, at, listen, localAuth string, t *LocalTLS) {
+	if listen == "" {
+		ps.add(at+".listen", "required: host:port to listen on (e.g. 127.0.0.1:2525)")
+		return
+	}
+	if _, _, err := net.SplitHostPort(listen); err != nil {
+		ps.add(at+".listen", "%q is not host:port", listen)
+		return
+	}
+	switch localAuth {
+	case LocalAuthPassword:
+	case LocalAuthNone:
+		if !IsLoopback(listen) {
+			ps.add(at+".local_auth", "none is allowed on loopback only; listen on 127.0.0.1 or use password")
+		}
+	default:
+		ps.add(at+".local_auth", "%q is not one of password, none", localAuth)
+	}
+	if t != nil {
+		switch t.Mode {
+		case TLSStartTLS, TLSImplicit:
+		default:
+			ps.add(at+".tls.mode", "%q is not one of starttls, implicit", t.Mode)
+		}
+		if t.CertFile == "" || t.KeyFile == "" {
+			ps.add(at+".tls", "cert_file and key_file are both required")
+		}
+		fileExists(ps, at+".tls.cert_file", t.CertFile)
+		fileExists(ps, at+".tls.key_file", t.KeyFile)
+	}
+	if !IsLoopback(listen) && t == nil {
+		ps.add(at+".listen", "%s is not loopback: configure tls (cert_file, key_file) and local_auth: password, or listen on 127.0.0.1", listen)
+	}
+}
+
+func validateMechanism(ps *problems, at, mech, credType string) {
+	switch mech {
+	case "xoauth2", "oauthbearer":
+		if credType == CredBasic {
+			ps.add(at, "%s needs a token credential; with type basic use plain or login", mech)
+		}
+	case "plain", "login":
+		if credType != CredBasic && credType != "" {
+			ps.add(at, "%s sends a password; credentials of type %s give tokens: use xoauth2 or oauthbearer", mech, credType)
+		}
+	default:
+		ps.add(at, "%q is not one of xoauth2, oauthbearer, plain, login", mech)
+	}
+}
+
+func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
+	cr := &p.Credentials
+	req := func(field, value, why string) {
+		if value == "" {
+			ps.add(at+"."+field, "required for %s: %s", cr.Type, why)
+		}
+	}
+	switch cr.Type {
+	case CredMicrosoft365:
+		req("tenant_id", cr.TenantID, "the directory (tenant) ID or domain from the Entra app registration")
+		req("client_id", cr.ClientID, "the application (client) ID")
+		switch {
+		case cr.ClientSecret.IsSet() && cr.CertificateFile != "":
+			ps.add(at, "give client_secret or certificate_file, not both")
+		case cr.ClientSecret.IsSet():
+			c.secret(ps, at+".client_secret", &cr.ClientSecret, true)
+		case cr.CertificateFile != "":
+			fileExists(ps, at+".certificate_file", cr.CertificateFile)
+			c.secret(ps, at+".certificate_password", &cr.CertificatePassword, false)
+		default:
+			ps.add(at+".client_secret", "required for microsoft365 confidential: a client secret, or certificate_file")
+		}
+	case CredGoogleServiceAccount:
+		req("key_file", cr.KeyFile, "the service account key (.json, or legacy .p12)")
+		fileExists(ps, at+".key_file", cr.KeyFile)
+		if strings.EqualFold(filepath.Ext(cr.KeyFile), ".p12") {
+			req("service_account", cr.ServiceAccount, "a .p12 key does not name its account: give the service account e-mail")
+		}
+		req("impersonate", cr.Impersonate, "the Workspace user to act as (defaults to mailbox)")
+	case CredOAuth2:
+		req("token_url", cr.TokenURL, "the provider's token endpoint")
+		req("client_id", cr.ClientID, "the OAuth client ID")
+		switch cr.Grant {
+		case GrantClientCredentials:
+			c.secret(ps, at+".client_secret", &cr.ClientSecret, true)
+		case GrantRefreshToken:
+			c.secret(ps, at+".client_secret", &cr.ClientSecret, false)
+			c.secret(ps, at+".refresh_token", &cr.RefreshToken, false)
+			if !cr.RefreshToken.IsSet() && c.TokenStore == nil {
+				ps.add(at+".refresh_token", "required for grant refresh_token (or a token_store that holds one)")
+			}
+			if c.TokenStore == nil {
+				ps.add("token_store", "required for grant refresh_token: rotated refresh tokens are kept there")
+			}
+		default:
+			ps.add(at+".grant", "%q is not one of client_credentials, refresh_token", cr.Grant)
+		}
+	case CredBasic:
+		req("username", cr.Username, "the upstream login")
+		c.secret(ps, at+".password", &cr.Password, true)
+	case "":
+		ps.add(at+".type", "required: one of microsoft365, google_service_account, oauth2, basic")
+	default:
+		ps.add(at+".type", "%q is not one of microsoft365, google_service_account, oauth2, basic", cr.Type)
+	}
+}
+
+// validateSharedListeners allows several profiles on one address when the
+// login name can pick the profile: password auth everywhere, the same TLS,
+// and no username claimed twice.
+func (c *Config) validateSharedListeners(ps *problems) {
+	type first struct {
+		profile string
+		smtp    *SMTP
+	}
+	seen := map[string]first{}
+	owner := map[string]map[string]string{} // addr -> username -> profile
+	for _, name := range c.ProfileNames() {
+		s := c.Profiles[name].SMTP
+		if s == nil || s.Listen == "" {
+			continue
+		}
+		at := "profiles." + name + ".smtp"
+		f, shared := seen[s.Listen]
+		if !shared {
+			seen[s.Listen] = first{name, s}
+			owner[s.Listen] = map[string]string{}
+		} else {
+			if s.LocalAuth != LocalAuthPassword || f.smtp.LocalAuth != LocalAuthPassword {
+				ps.add(at+".listen", "%s is shared with profile %q: shared listeners need local_auth: password, so the login picks the profile", s.Listen, f.profile)
+			}
+			if !sameTLS(s.TLS, f.smtp.TLS) {
+				ps.add(at+".tls", "%s is shared with profile %q: give both the same tls", s.Listen, f.profile)
+			}
+		}
+		for _, u := range c.Profiles[name].LocalUsers {
+			if other, dup := owner[s.Listen][u.Username]; dup && other != name {
+				ps.add(at+".listen", "local username %q is used by profiles %q and %q on %s: the login must pick one profile", u.Username, other, name, s.Listen)
+			}
+			owner[s.Listen][u.Username] = name
+		}
+	}
+}
+
+func sameTLS(a, b *LocalTLS) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}

@@ -1,0 +1,207 @@
+// Package demo is the embedded default: an in-process token issuer and an
+// in-process upstream mail server that accepts only XOAUTH2, so mailproxy can
+// be tried on a fresh machine with no cloud account.
+//
+// It must never be mistaken for a real server: it listens on loopback only
+// and keeps mail in memory.
+package demo
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+
+	"mailproxy/idp"
+)
+
+// Names the demo uses.
+const (
+	Mailbox      = "demo@mailproxy.test"
+	ClientID     = "demo-client"
+	ClientSecret = "demo-client-secret"
+)
+
+// Message is one message the demo upstream accepted.
+type Message struct {
+	From     string
+	To       []string
+	Data     []byte
+	Received time.Time
+}
+
+// Env is a running demo: the issuer and the upstream.
+type Env struct {
+	IdP      *idp.Server
+	TokenURL string
+	SMTPAddr string
+
+	log      *slog.Logger
+	mu       sync.Mutex
+	messages []Message
+	closers  []func()
+}
+
+// Start runs the issuer and the upstream on loopback ports until Close.
+func Start(log *slog.Logger) (*Env, error) {
+	e := &Env{IdP: idp.New(), log: log}
+	e.IdP.AddClient(idp.Client{ID: ClientID, Secret: ClientSecret, Mailbox: Mailbox})
+
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	hs := &http.Server{Handler: e.IdP, ReadHeaderTimeout: 10 * time.Second}
+	go hs.Serve(hl)
+	e.closers = append(e.closers, func() { hs.Close() })
+	e.TokenURL = "http://" + hl.Addr().String() + "/token"
+	e.IdP.URL = "http://" + hl.Addr().String()
+
+	sl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
+		return &session{env: e}, nil
+	}))
+	srv.Domain = "upstream.demo"
+	srv.AllowInsecureAuth = true
+	srv.MaxMessageBytes = 100 << 20
+	go srv.Serve(sl)
+	e.closers = append(e.closers, func() { srv.Close() })
+	e.SMTPAddr = sl.Addr().String()
+	return e, nil
+}
+
+// Close stops both servers.
+func (e *Env) Close() {
+	for _, c := range e.closers {
+		c()
+	}
+}
+
+// Messages returns what the upstream accepted so far.
+func (e *Env) Messages() []Message {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]Message(nil), e.messages...)
+}
+
+// Config is a mailproxy configuration that fronts this demo.
+func (e *Env) Config(smtpListen, localUser, localPassword string) string {
+	return fmt.Sprintf(`profiles:
+  demo:
+    mailbox: %s
+    smtp:
+      listen: %s
+      upstream:
+        host: %s
+        tls: none
+        mechanism: xoauth2
+    local_users:
+      - name: demo-app
+        username: %q
+        password: %q
+    credentials:
+      type: oauth2
+      grant: client_credentials
+      token_url: %s
+      client_id: %s
+      client_secret: %s
+`, Mailbox, smtpListen, e.SMTPAddr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
+}
+
+// session is one upstream SMTP session; it requires AUTH XOAUTH2.
+type session struct {
+	env   *Env
+	user  string
+	from  string
+	rcpts []string
+}
+
+func (s *session) AuthMechanisms() []string { return []string{"XOAUTH2"} }
+
+func (s *session) Auth(mech string) (sasl.Server, error) {
+	if mech != "XOAUTH2" {
+		return nil, smtp.ErrAuthUnknownMechanism
+	}
+	return &xoauth2Server{check: func(user, token string) error {
+		mailbox, ok := s.env.IdP.Validate(token)
+		if !ok || !strings.EqualFold(mailbox, user) {
+			return errors.New("invalid token")
+		}
+		s.user = user
+		return nil
+	}}, nil
+}
+
+func (s *session) Mail(from string, _ *smtp.MailOptions) error {
+	if s.user == "" {
+		return &smtp.SMTPError{Code: 530, EnhancedCode: smtp.EnhancedCode{5, 7, 0}, Message: "Authentication required (XOAUTH2)"}
+	}
+	s.from, s.rcpts = from, nil
+	return nil
+}
+
+func (s *session) Rcpt(to string, _ *smtp.RcptOptions) error {
+	s.rcpts = append(s.rcpts, to)
+	return nil
+}
+
+func (s *session) Data(r io.Reader) error {
+	var buf bytes.Buffer
+	if _, err := io.Copy(&buf, r); err != nil {
+		return err
+	}
+	e := s.env
+	e.mu.Lock()
+	e.messages = append(e.messages, Message{From: s.from, To: s.rcpts, Data: buf.Bytes(), Received: time.Now()})
+	e.mu.Unlock()
+	e.log.Info("demo upstream accepted a message", "authenticated_as", s.user, "mechanism", "XOAUTH2",
+		"from", s.from, "to", strings.Join(s.rcpts, ","), "bytes", buf.Len())
+	return nil
+}
+
+func (s *session) Reset()        { s.from, s.rcpts = "", nil }
+func (s *session) Logout() error { return nil }
+
+// xoauth2Server is the server side of SASL XOAUTH2. On a bad token it
+// answers as Google does: a JSON challenge, then failure after the client's
+// empty response.
+type xoauth2Server struct {
+	check  func(user, token string) error
+	failed bool
+}
+
+func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
+	if x.failed {
+		return nil, true, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Username and Password not accepted"}
+	}
+	if resp == nil {
+		return []byte{}, false, nil
+	}
+	var user, token string
+	for _, kv := range strings.Split(string(resp), "\x01") {
+		if v, ok := strings.CutPrefix(kv, "user="); ok {
+			user = v
+		}
+		if v, ok := strings.CutPrefix(kv, "auth=Bearer "); ok {
+			token = v
+		}
+	}
+	if err := x.check(user, token); err != nil {
+		x.failed = true
+		return []byte(`{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`), false, nil
+	}
+	return nil, true, nil
+}

@@ -1,0 +1,537 @@
+// Package idp is a small OAuth 2.0 token issuer that answers like the
+// Microsoft identity platform v2.0 token endpoint and Google's OAuth 2.0
+// token endpoint, and validates the tokens it issued (RFC 7662
+// introspection, for Dovecot's oauth2 passdb).
+//
+// It is what mailproxy's demo runs in-process and what the tests point
+// every credential at, since the real endpoints cannot be reached from
+// here. Status codes and error bodies follow the providers' documentation:
+//   - Microsoft: learn.microsoft.com/entra/identity-platform/v2-oauth2-client-creds-grant-flow
+//     ("Error response": 400/401 with error, error_description "AADSTS…",
+//     error_codes, timestamp, trace_id, correlation_id) and the AADSTS codes
+//     in reference-error-codes (7000215 invalid secret, 700016 unknown app,
+//     90002 unknown tenant, 700027 bad assertion signature, 70011 bad scope).
+//   - Google: developers.google.com/identity/protocols/oauth2/service-account
+//     (JWT claims iss, scope, aud, exp, iat, sub; "invalid_grant" /
+//     "Invalid JWT Signature.", "unauthorized_client" for missing
+//     domain-wide delegation).
+//   - RFC 6749 §5.2 for everything else.
+//
+// It must never be used to authenticate anything real.
+package idp
+
+import (
+	"crypto"
+	"crypto/rand"
+	"crypto/rsa"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// MicrosoftApp is a registered confidential app in a tenant.
+type MicrosoftApp struct {
+	Tenant   string
+	ClientID string
+	// Secret, or Cert whose key signs client assertions.
+	Secret string
+	Cert   *x509.Certificate
+	// Mailbox is the mailbox the app's tokens are good for.
+	Mailbox string
+}
+
+// ServiceAccount is a Google service account allowed domain-wide delegation
+// for Scopes.
+type ServiceAccount struct {
+	Email  string
+	Key    *rsa.PublicKey
+	Scopes []string
+}
+
+// Client is a generic OAuth 2.0 client.
+type Client struct {
+	ID, Secret string
+	// Mailbox is what client-credentials tokens are good for.
+	Mailbox string
+}
+
+// Server is the fake issuer. Register identities, then serve it over HTTPS
+// (token endpoints) and, for Dovecot, HTTP (/introspect).
+type Server struct {
+	// TTL of issued access tokens (default 1 hour).
+	TTL time.Duration
+	// RotateRefresh makes every refresh return a new refresh token and
+	// revoke the old one, as Microsoft does.
+	RotateRefresh bool
+	// URL is the HTTPS base URL, used as the Google token audience.
+	URL string
+
+	mu        sync.Mutex
+	apps      map[string]MicrosoftApp // tenant/clientID
+	sas       map[string]ServiceAccount
+	clients   map[string]Client
+	refresh   map[string]string // refresh token -> mailbox
+	access    map[string]issued
+	faults    []int // status codes for the next token requests
+	down      bool
+	lastJWT   map[string]any
+	lastJWTHd map[string]any
+
+	tokenRequests  atomic.Int64
+	introspections atomic.Int64
+}
+
+type issued struct {
+	mailbox string
+	expiry  time.Time
+}
+
+// New returns an empty Server.
+func New() *Server {
+	return &Server{
+		TTL:     time.Hour,
+		apps:    map[string]MicrosoftApp{},
+		sas:     map[string]ServiceAccount{},
+		clients: map[string]Client{},
+		refresh: map[string]string{},
+		access:  map[string]issued{},
+	}
+}
+
+// AddMicrosoftApp registers a confidential app.
+func (s *Server) AddMicrosoftApp(a MicrosoftApp) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.apps[a.Tenant+"/"+a.ClientID] = a
+}
+
+// AddServiceAccount registers a Google service account.
+func (s *Server) AddServiceAccount(a ServiceAccount) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sas[a.Email] = a
+}
+
+// AddClient registers a generic client.
+func (s *Server) AddClient(c Client) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clients[c.ID] = c
+}
+
+// AddRefreshToken makes rt redeemable for mailbox.
+func (s *Server) AddRefreshToken(rt, mailbox string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refresh[rt] = mailbox
+}
+
+// IssueToken mints an access token for mailbox directly.
+func (s *Server) IssueToken(mailbox string, ttl time.Duration) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.mint(mailbox, ttl)
+}
+
+func (s *Server) mint(mailbox string, ttl time.Duration) string {
+	tok := "at-" + randomString(24)
+	s.access[tok] = issued{mailbox: mailbox, expiry: time.Now().Add(ttl)}
+	return tok
+}
+
+// Revoke makes token (access or refresh) invalid.
+func (s *Server) Revoke(token string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.access, token)
+	delete(s.refresh, token)
+}
+
+// FailNext makes the next len(statuses) token requests fail with those HTTP
+// statuses (temporarily_unavailable bodies).
+func (s *Server) FailNext(statuses ...int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = append(s.faults, statuses...)
+}
+
+// SetDown makes token requests fail at the connection level (connection
+// closed without an answer) until called with false.
+func (s *Server) SetDown(down bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.down = down
+}
+
+// TokenRequests counts requests to the token endpoints.
+func (s *Server) TokenRequests() int64 { return s.tokenRequests.Load() }
+
+// Introspections counts token validations (one per upstream login).
+func (s *Server) Introspections() int64 { return s.introspections.Load() }
+
+// LastJWT returns the header and claims of the last JWT assertion received.
+func (s *Server) LastJWT() (header, claims map[string]any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lastJWTHd, s.lastJWT
+}
+
+// Validate reports the mailbox an access token is good for.
+func (s *Server) Validate(token string) (mailbox string, ok bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.access[token]
+	if !ok || time.Now().After(t.expiry) {
+		return "", false
+	}
+	return t.mailbox, true
+}
+
+// ServeHTTP routes to the token, discovery and introspection endpoints.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	path := r.URL.Path
+	switch {
+	case path == "/introspect" && r.Method == http.MethodPost:
+		s.introspect(w, r)
+	case strings.HasSuffix(path, "/v2.0/.well-known/openid-configuration"):
+		s.discovery(w, r)
+	case strings.HasSuffix(path, "/oauth2/v2.0/token") && r.Method == http.MethodPost:
+		if s.fault(w) {
+			return
+		}
+		s.microsoftToken(w, r, strings.Trim(strings.TrimSuffix(path, "/oauth2/v2.0/token"), "/"))
+	case path == "/token" && r.Method == http.MethodPost:
+		if s.fault(w) {
+			return
+		}
+		s.genericToken(w, r)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// fault applies SetDown and FailNext; it counts the request either way.
+func (s *Server) fault(w http.ResponseWriter) bool {
+	s.tokenRequests.Add(1)
+	s.mu.Lock()
+	down := s.down
+	status := 0
+	if !down && len(s.faults) > 0 {
+		status, s.faults = s.faults[0], s.faults[1:]
+	}
+	s.mu.Unlock()
+	if down {
+		if hj, ok := w.(http.Hijacker); ok {
+			if c, _, err := hj.Hijack(); err == nil {
+				c.Close()
+				return true
+			}
+		}
+		status = http.StatusServiceUnavailable
+	}
+	if status == 0 {
+		return false
+	}
+	writeJSON(w, status, map[string]any{"error": "temporarily_unavailable", "error_description": "The service is temporarily unavailable (injected fault)."})
+	return true
+}
+
+func (s *Server) discovery(w http.ResponseWriter, r *http.Request) {
+	tenant := strings.Trim(strings.TrimSuffix(r.URL.Path, "/v2.0/.well-known/openid-configuration"), "/")
+	base := "https://" + r.Host + "/" + tenant
+	writeJSON(w, http.StatusOK, map[string]any{
+		"token_endpoint":                        base + "/oauth2/v2.0/token",
+		"authorization_endpoint":                base + "/oauth2/v2.0/authorize",
+		"device_authorization_endpoint":         base + "/oauth2/v2.0/devicecode",
+		"issuer":                                "https://" + r.Host + "/" + tenant + "/v2.0",
+		"token_endpoint_auth_methods_supported": []string{"client_secret_post", "private_key_jwt", "client_secret_basic"},
+		"response_types_supported":              []string{"code", "id_token", "code id_token", "id_token token"},
+		"scopes_supported":                      []string{"openid", "profile", "email", "offline_access"},
+		"subject_types_supported":               []string{"pairwise"},
+		"id_token_signing_alg_values_supported": []string{"RS256"},
+		"jwks_uri":                              base + "/discovery/v2.0/keys",
+		"tenant_region_scope":                   "EU",
+	})
+}
+
+// aadError writes Microsoft's error body (v2-oauth2-client-creds-grant-flow, "Error response").
+func aadError(w http.ResponseWriter, status int, code string, aadsts int, msg string) {
+	trace, corr := randomUUID(), randomUUID()
+	now := time.Now().UTC().Format("2006-01-02 15:04:05Z")
+	writeJSON(w, status, map[string]any{
+		"error": code,
+		"error_description": fmt.Sprintf("AADSTS%d: %s Trace ID: %s Correlation ID: %s Timestamp: %s",
+			aadsts, msg, trace, corr, now),
+		"error_codes":    []int{aadsts},
+		"timestamp":      now,
+		"trace_id":       trace,
+		"correlation_id": corr,
+		"error_uri":      fmt.Sprintf("https://login.microsoftonline.com/error?code=%d", aadsts),
+	})
+}
+
+func (s *Server) microsoftToken(w http.ResponseWriter, r *http.Request, tenant string) {
+	if err := r.ParseForm(); err != nil {
+		aadError(w, 400, "invalid_request", 900144, "The request body must contain the following parameter: 'grant_type'.")
+		return
+	}
+	f := r.PostForm
+	if f.Get("grant_type") != "client_credentials" {
+		aadError(w, 400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
+		return
+	}
+	clientID, secret := f.Get("client_id"), f.Get("client_secret")
+	if u, p, ok := r.BasicAuth(); ok {
+		clientID, secret = u, p
+	}
+	s.mu.Lock()
+	app, ok := s.apps[tenant+"/"+clientID]
+	tenantKnown := false
+	for k := range s.apps {
+		if strings.HasPrefix(k, tenant+"/") {
+			tenantKnown = true
+		}
+	}
+	s.mu.Unlock()
+	switch {
+	case !tenantKnown:
+		aadError(w, 400, "invalid_request", 90002, fmt.Sprintf("Tenant '%s' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud.", tenant))
+		return
+	case !ok:
+		aadError(w, 400, "unauthorized_client", 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'.", clientID, tenant))
+		return
+	}
+	scope := f.Get("scope")
+	if !strings.HasSuffix(scope, "/.default") {
+		aadError(w, 400, "invalid_scope", 1002012, fmt.Sprintf("The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scope))
+		return
+	}
+	if assertion := f.Get("client_assertion"); assertion != "" {
+		if f.Get("client_assertion_type") != "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" || app.Cert == nil {
+			aadError(w, 401, "invalid_client", 700027, "Client assertion failed signature validation.")
+			return
+		}
+		hd, claims, err := verifyJWT(assertion, app.Cert.PublicKey.(*rsa.PublicKey))
+		s.recordJWT(hd, claims)
+		aud := "https://" + r.Host + r.URL.Path
+		if err != nil || claims["iss"] != clientID || claims["sub"] != clientID || claims["aud"] != aud || expired(claims) {
+			aadError(w, 401, "invalid_client", 700027, "Client assertion failed signature validation.")
+			return
+		}
+		sum := sha256.Sum256(app.Cert.Raw)
+		if hd["x5t#S256"] != base64.StdEncoding.EncodeToString(sum[:]) && hd["x5t#S256"] != base64.RawURLEncoding.EncodeToString(sum[:]) {
+			aadError(w, 401, "invalid_client", 700027, "Client assertion contains an invalid signature. [Reason - The key was not found.]")
+			return
+		}
+	} else if app.Secret == "" || secret != app.Secret {
+		aadError(w, 401, "invalid_client", 7000215, "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID, for a secret added to app '"+clientID+"'.")
+		return
+	}
+	s.mu.Lock()
+	tok := s.mint(app.Mailbox, s.TTL)
+	s.mu.Unlock()
+	secs := int(s.TTL / time.Second)
+	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
+}
+
+func (s *Server) genericToken(w http.ResponseWriter, r *http.Request) {
+	if err := r.ParseForm(); err != nil {
+		oauthError(w, 400, "invalid_request", "malformed form body")
+		return
+	}
+	f := r.PostForm
+	clientID, secret := f.Get("client_id"), f.Get("client_secret")
+	if u, p, ok := r.BasicAuth(); ok {
+		clientID, secret = u, p
+	}
+	switch f.Get("grant_type") {
+	case "urn:ietf:params:oauth:grant-type:jwt-bearer":
+		s.jwtBearer(w, r, f.Get("assertion"))
+	case "client_credentials":
+		s.mu.Lock()
+		c, ok := s.clients[clientID]
+		s.mu.Unlock()
+		if !ok || c.Secret != secret {
+			w.Header().Set("WWW-Authenticate", `Basic realm="token"`)
+			oauthError(w, 401, "invalid_client", "Client authentication failed.")
+			return
+		}
+		s.mu.Lock()
+		tok := s.mint(c.Mailbox, s.TTL)
+		s.mu.Unlock()
+		writeJSON(w, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(s.TTL / time.Second)})
+	case "refresh_token":
+		s.mu.Lock()
+		c, ok := s.clients[clientID]
+		s.mu.Unlock()
+		if !ok || (c.Secret != "" && c.Secret != secret) {
+			oauthError(w, 401, "invalid_client", "Client authentication failed.")
+			return
+		}
+		rt := f.Get("refresh_token")
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		mailbox, ok := s.refresh[rt]
+		if !ok {
+			oauthError(w, 400, "invalid_grant", "The refresh token is invalid, expired or revoked.")
+			return
+		}
+		resp := map[string]any{"access_token": s.mint(mailbox, s.TTL), "token_type": "Bearer", "expires_in": int(s.TTL / time.Second)}
+		if s.RotateRefresh {
+			delete(s.refresh, rt)
+			next := "rt-" + randomString(24)
+			s.refresh[next] = mailbox
+			resp["refresh_token"] = next
+		}
+		writeJSON(w, 200, resp)
+	default:
+		oauthError(w, 400, "unsupported_grant_type", "Invalid grant_type: "+f.Get("grant_type"))
+	}
+}
+
+func (s *Server) jwtBearer(w http.ResponseWriter, r *http.Request, assertion string) {
+	hd, claims, err := verifyJWT(assertion, nil)
+	if err != nil {
+		oauthError(w, 400, "invalid_grant", "Invalid JWT Signature.")
+		return
+	}
+	iss, _ := claims["iss"].(string)
+	s.mu.Lock()
+	sa, ok := s.sas[iss]
+	s.mu.Unlock()
+	if !ok {
+		oauthError(w, 400, "invalid_grant", "Invalid JWT Signature.")
+		return
+	}
+	if _, _, err := verifyJWT(assertion, sa.Key); err != nil {
+		oauthError(w, 400, "invalid_grant", "Invalid JWT Signature.")
+		return
+	}
+	s.recordJWT(hd, claims)
+	if claims["aud"] != s.URL+"/token" {
+		oauthError(w, 400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
+		return
+	}
+	if expired(claims) {
+		oauthError(w, 400, "invalid_grant", "Invalid JWT: Token must be a short-lived token (60 minutes) and in a reasonable timeframe. Check your iat and exp values in the JWT claim.")
+		return
+	}
+	sub, _ := claims["sub"].(string)
+	scope, _ := claims["scope"].(string)
+	if sub == "" || !allowed(scope, sa.Scopes) {
+		oauthError(w, 401, "unauthorized_client", "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested.")
+		return
+	}
+	s.mu.Lock()
+	tok := s.mint(sub, s.TTL)
+	s.mu.Unlock()
+	writeJSON(w, 200, map[string]any{"access_token": tok, "expires_in": int(s.TTL / time.Second), "token_type": "Bearer"})
+}
+
+func (s *Server) introspect(w http.ResponseWriter, r *http.Request) {
+	s.introspections.Add(1)
+	_ = r.ParseForm()
+	tok := r.PostForm.Get("token")
+	if tok == "" {
+		tok = strings.TrimPrefix(r.Header.Get("Authorization"), "Bearer ")
+	}
+	mailbox, ok := s.Validate(tok)
+	if !ok {
+		writeJSON(w, 200, map[string]any{"active": false})
+		return
+	}
+	writeJSON(w, 200, map[string]any{"active": true, "username": mailbox, "email": mailbox})
+}
+
+func (s *Server) recordJWT(hd, claims map[string]any) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.lastJWTHd, s.lastJWT = hd, claims
+}
+
+func allowed(scope string, granted []string) bool {
+	if scope == "" {
+		return false
+	}
+	for _, sc := range strings.Fields(scope) {
+		ok := false
+		for _, g := range granted {
+			ok = ok || g == sc
+		}
+		if !ok {
+			return false
+		}
+	}
+	return true
+}
+
+func expired(claims map[string]any) bool {
+	exp, ok := claims["exp"].(float64)
+	return !ok || time.Unix(int64(exp), 0).Before(time.Now())
+}
+
+// verifyJWT checks an RS256 or PS256 signature (when key is non-nil) and
+// returns the decoded header and claims.
+func verifyJWT(token string, key *rsa.PublicKey) (map[string]any, map[string]any, error) {
+	parts := strings.Split(token, ".")
+	if len(parts) != 3 {
+		return nil, nil, fmt.Errorf("not a JWT")
+	}
+	var hd, claims map[string]any
+	for i, dst := range []*map[string]any{&hd, &claims} {
+		b, err := base64.RawURLEncoding.DecodeString(parts[i])
+		if err != nil {
+			return nil, nil, err
+		}
+		if err := json.Unmarshal(b, dst); err != nil {
+			return nil, nil, err
+		}
+	}
+	if key == nil {
+		return hd, claims, nil
+	}
+	sig, err := base64.RawURLEncoding.DecodeString(parts[2])
+	if err != nil {
+		return nil, nil, err
+	}
+	sum := sha256.Sum256([]byte(parts[0] + "." + parts[1]))
+	switch hd["alg"] {
+	case "RS256":
+		err = rsa.VerifyPKCS1v15(key, crypto.SHA256, sum[:], sig)
+	case "PS256":
+		err = rsa.VerifyPSS(key, crypto.SHA256, sum[:], sig, nil)
+	default:
+		err = fmt.Errorf("unsupported alg %v", hd["alg"])
+	}
+	return hd, claims, err
+}
+
+func oauthError(w http.ResponseWriter, status int, code, desc string) {
+	writeJSON(w, status, map[string]any{"error": code, "error_description": desc})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func randomString(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func randomUUID() string {
+	b := make([]byte, 16)
+	rand.Read(b)
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:])
+}

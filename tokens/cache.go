@@ -1,0 +1,256 @@
+// Package tokens gets OAuth 2.0 access tokens for upstream logins: from
+// Microsoft 365 confidential apps (MSAL), Google service accounts, any OAuth
+// 2.0 token endpoint, and keeps rotating refresh tokens in an encrypted store.
+//
+// It knows nothing of mail protocols. It must never log or return a token or
+// secret in an error.
+package tokens
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"golang.org/x/oauth2"
+	"golang.org/x/sync/singleflight"
+)
+
+// Source gives a currently valid access token for one credential. It is
+// safe for concurrent use.
+type Source interface {
+	Token(ctx context.Context) (*oauth2.Token, error)
+}
+
+// Fetcher asks the provider for a new token every time it is called.
+type Fetcher interface {
+	Fetch(ctx context.Context) (*oauth2.Token, error)
+}
+
+// FetcherFunc adapts a function to Fetcher.
+type FetcherFunc func(ctx context.Context) (*oauth2.Token, error)
+
+// Fetch calls f.
+func (f FetcherFunc) Fetch(ctx context.Context) (*oauth2.Token, error) { return f(ctx) }
+
+// Error is a failed token request for a profile. NeedsSignIn is set when
+// retrying cannot help (a revoked grant, a wrong secret): a person must act.
+type Error struct {
+	Profile     string
+	Err         error
+	NeedsSignIn bool
+}
+
+func (e *Error) Error() string {
+	hint := "retrying"
+	if e.NeedsSignIn {
+		hint = "fix the credential (see mailproxy check " + e.Profile + ")"
+	}
+	return fmt.Sprintf("profile %q: token: %v (%s)", e.Profile, e.Err, hint)
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+// permanentCodes are OAuth error codes that no retry will fix.
+var permanentCodes = map[string]bool{
+	"invalid_grant": true, "invalid_client": true, "unauthorized_client": true,
+	"invalid_scope": true, "interaction_required": true, "consent_required": true,
+	"access_denied": true, "unsupported_grant_type": true,
+}
+
+// needsSignIn classifies a fetch error.
+func needsSignIn(err error) bool {
+	var re *oauth2.RetrieveError
+	if errors.As(err, &re) {
+		return permanentCodes[re.ErrorCode]
+	}
+	var pe interface{ OAuthErrorCode() string }
+	if errors.As(err, &pe) {
+		return permanentCodes[pe.OAuthErrorCode()]
+	}
+	return false
+}
+
+// State is what an operator may see about a cached token: never the token.
+type State struct {
+	ValidUntil  time.Time
+	LastRefresh time.Time
+	LastError   string
+	NeedsSignIn bool
+	Refreshes   int64
+	Failures    int64
+}
+
+// CacheOptions tune a Cache; the zero value is usable.
+type CacheOptions struct {
+	Logger *slog.Logger
+	// Now is the clock (tests).
+	Now func() time.Time
+	// FetchTimeout bounds one token request (default 30 s).
+	FetchTimeout time.Duration
+	// MaxBackoff caps the wait between failed background refreshes (default 5 min).
+	MaxBackoff time.Duration
+}
+
+// Cache is a Source that keeps the current token in memory, makes
+// concurrent callers share one request, and (with Run) refreshes the token
+// in the background before it expires.
+type Cache struct {
+	profile string
+	fetcher Fetcher
+	opts    CacheOptions
+	group   singleflight.Group
+	kick    chan struct{}
+
+	mu    sync.Mutex
+	tok   *oauth2.Token
+	state State
+}
+
+// expirySkew: a token this close to expiry is not handed out.
+const expirySkew = 30 * time.Second
+
+// NewCache wraps f for profile.
+func NewCache(profile string, f Fetcher, opts CacheOptions) *Cache {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Now == nil {
+		opts.Now = time.Now
+	}
+	if opts.FetchTimeout == 0 {
+		opts.FetchTimeout = 30 * time.Second
+	}
+	if opts.MaxBackoff == 0 {
+		opts.MaxBackoff = 5 * time.Minute
+	}
+	return &Cache{profile: profile, fetcher: f, opts: opts, kick: make(chan struct{}, 1)}
+}
+
+// Token returns the cached token, or fetches one (once, for all callers
+// waiting at the same time).
+func (c *Cache) Token(ctx context.Context) (*oauth2.Token, error) {
+	c.mu.Lock()
+	tok := c.tok
+	c.mu.Unlock()
+	if c.usable(tok) {
+		return tok, nil
+	}
+	ch := c.group.DoChan("token", func() (any, error) { return c.refresh(ctx) })
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*oauth2.Token), nil
+	case <-ctx.Done():
+		return nil, &Error{Profile: c.profile, Err: ctx.Err()}
+	}
+}
+
+func (c *Cache) usable(tok *oauth2.Token) bool {
+	return tok != nil && (tok.Expiry.IsZero() || c.opts.Now().Add(expirySkew).Before(tok.Expiry))
+}
+
+// refresh fetches a token and records the outcome. The request is detached
+// from the caller's cancellation: other callers may be waiting on it.
+func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
+	defer cancel()
+	tok, err := c.fetcher.Fetch(ctx)
+	if err == nil && (tok == nil || tok.AccessToken == "") {
+		err = errors.New("token endpoint returned no access token")
+	}
+	now := c.opts.Now()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if err != nil {
+		e := &Error{Profile: c.profile, Err: err, NeedsSignIn: needsSignIn(err)}
+		c.state.LastError = e.Error()
+		c.state.NeedsSignIn = e.NeedsSignIn
+		c.state.Failures++
+		c.opts.Logger.Warn("token request failed", "profile", c.profile, "err", err, "needs_sign_in", e.NeedsSignIn)
+		return nil, e
+	}
+	c.tok = tok
+	c.state.ValidUntil = tok.Expiry
+	c.state.LastRefresh = now
+	c.state.LastError = ""
+	c.state.NeedsSignIn = false
+	c.state.Refreshes++
+	c.opts.Logger.Debug("token refreshed", "profile", c.profile, "valid_until", tok.Expiry)
+	select {
+	case c.kick <- struct{}{}:
+	default:
+	}
+	return tok, nil
+}
+
+// Invalidate drops tok if it is still the cached one: the upstream refused
+// it, so the next caller gets a new one.
+func (c *Cache) Invalidate(tok *oauth2.Token) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tok != nil && tok != nil && c.tok.AccessToken == tok.AccessToken {
+		c.tok = nil
+		c.state.ValidUntil = time.Time{}
+	}
+}
+
+// State reports the token's state.
+func (c *Cache) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// Run fetches a token at once and then keeps it fresh: it refreshes when a
+// quarter of the lifetime (at most 5 minutes) is left, and after a failure
+// retries with exponential backoff and jitter. It returns when ctx ends.
+func (c *Cache) Run(ctx context.Context) {
+	backoff := time.Second
+	for {
+		wait := c.untilRefresh()
+		if wait <= 0 {
+			_, err, _ := c.group.Do("token", func() (any, error) { return c.refresh(ctx) })
+			switch {
+			case ctx.Err() != nil:
+				return
+			case err != nil:
+				wait = backoff/2 + rand.N(backoff/2+1)
+				backoff = min(backoff*2, c.opts.MaxBackoff)
+			default:
+				backoff = time.Second
+				wait = max(c.untilRefresh(), time.Second)
+			}
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-c.kick:
+			t.Stop()
+		case <-t.C:
+		}
+	}
+}
+
+// untilRefresh is how long the current token may be kept before it is
+// refreshed; zero or less means now.
+func (c *Cache) untilRefresh() time.Duration {
+	c.mu.Lock()
+	tok, last := c.tok, c.state.LastRefresh
+	c.mu.Unlock()
+	switch {
+	case tok == nil:
+		return 0
+	case tok.Expiry.IsZero():
+		return time.Hour
+	}
+	ahead := min(tok.Expiry.Sub(last)/4, 5*time.Minute)
+	return tok.Expiry.Add(-ahead).Sub(c.opts.Now())
+}

@@ -1,0 +1,130 @@
+// Package upstream connects to the real mail servers (SMTP now; IMAP, POP3
+// and Microsoft Graph alongside) and authenticates with OAuth 2.0 tokens or a
+// password. It asks for tokens through TokenSource and never stores them.
+//
+// It must never write a token or password to a log or an error.
+package upstream
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/emersion/go-sasl"
+	"golang.org/x/oauth2"
+)
+
+// TokenSource gives a current access token.
+type TokenSource interface {
+	Token(ctx context.Context) (*oauth2.Token, error)
+}
+
+// invalidator is implemented by token caches that can drop a token the
+// upstream refused.
+type invalidator interface {
+	Invalidate(*oauth2.Token)
+}
+
+// SASL mechanisms mailproxy uses upstream.
+const (
+	MechXOAUTH2     = "xoauth2"
+	MechOAUTHBEARER = "oauthbearer"
+	MechPlain       = "plain"
+	MechLogin       = "login"
+)
+
+// Auth is how to log in upstream.
+type Auth struct {
+	// Mechanism is one of the Mech constants.
+	Mechanism string
+	// User is the XOAUTH2 user= / OAUTHBEARER a= / basic login.
+	User string
+	// Password for plain and login.
+	Password string
+	// Tokens for xoauth2 and oauthbearer.
+	Tokens TokenSource
+}
+
+// UsesToken reports whether the mechanism sends an OAuth 2.0 token.
+func (a Auth) UsesToken() bool {
+	return a.Mechanism == MechXOAUTH2 || a.Mechanism == MechOAUTHBEARER
+}
+
+// client returns the SASL client for one login. tok is nil for password
+// mechanisms. With initial, XOAUTH2 sends its response with the command
+// (SASL-IR); without, it waits for the server's empty challenge (SMTP and
+// POP3, whose line limits a token would break).
+func (a Auth) client(tok *oauth2.Token, host string, port int, initial bool) sasl.Client {
+	switch a.Mechanism {
+	case MechXOAUTH2:
+		return &xoauth2Client{user: a.User, token: tok.AccessToken, initial: initial}
+	case MechOAUTHBEARER:
+		return sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: a.User, Token: tok.AccessToken, Host: host, Port: port})
+	case MechLogin:
+		return sasl.NewLoginClient(a.User, a.Password)
+	default:
+		return sasl.NewPlainClient("", a.User, a.Password)
+	}
+}
+
+// xoauth2Client is SASL XOAUTH2 (Google's and Microsoft's documented form:
+// base64("user=" U ^A "auth=Bearer " T ^A ^A)). go-sasl does not have it.
+//
+// On failure Google sends a challenge carrying JSON; the client must answer
+// it with an empty response before the server says NO/535/-ERR. Microsoft
+// answers NO/535/-ERR directly. Both are handled.
+type xoauth2Client struct {
+	user, token string
+	initial     bool
+	sent        bool
+	// Challenge is the server's error JSON, if it sent one.
+	Challenge string
+}
+
+func (c *xoauth2Client) response() []byte {
+	return []byte("user=" + c.user + "\x01auth=Bearer " + c.token + "\x01\x01")
+}
+
+func (c *xoauth2Client) Start() (string, []byte, error) {
+	if c.initial {
+		c.sent = true
+		return "XOAUTH2", c.response(), nil
+	}
+	return "XOAUTH2", nil, nil
+}
+
+func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
+	if !c.sent {
+		c.sent = true
+		return c.response(), nil
+	}
+	c.Challenge = strings.TrimSpace(string(challenge))
+	return []byte{}, nil
+}
+
+// splitPort returns host and numeric port of a host:port address.
+func splitPort(addr string) (string, int) {
+	i := strings.LastIndexByte(addr, ':')
+	if i < 0 {
+		return addr, 0
+	}
+	p, _ := strconv.Atoi(addr[i+1:])
+	return strings.Trim(addr[:i], "[]"), p
+}
+
+// Error is a failure to reach or log in to the upstream: the local client
+// should be told to try again later. The message names the profile, the
+// stage and the cause, never a credential.
+type Error struct {
+	Profile string
+	// Stage is "token", "connect", "tls", "auth" or "session".
+	Stage string
+	Err   error
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("profile %q: upstream %s: %v", e.Profile, e.Stage, e.Err)
+}
+
+func (e *Error) Unwrap() error { return e.Err }

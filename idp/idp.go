@@ -162,6 +162,13 @@ func (s *Server) FailNext(statuses ...int) {
 	s.faults = append(s.faults, statuses...)
 }
 
+// ClearFaults forgets faults not yet used.
+func (s *Server) ClearFaults() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.faults = nil
+}
+
 // SetDown makes token requests fail at the connection level (connection
 // closed without an answer) until called with false.
 func (s *Server) SetDown(down bool) {
@@ -308,8 +315,15 @@ func (s *Server) microsoftToken(w http.ResponseWriter, r *http.Request, tenant s
 		aadError(w, 400, "unauthorized_client", 700016, fmt.Sprintf("Application with identifier '%s' was not found in the directory '%s'.", clientID, tenant))
 		return
 	}
+	// MSAL adds openid, profile and offline_access; the resource scope must end in /.default.
 	scope := f.Get("scope")
-	if !strings.HasSuffix(scope, "/.default") {
+	resource := ""
+	for _, sc := range strings.Fields(scope) {
+		if sc != "openid" && sc != "profile" && sc != "offline_access" {
+			resource = sc
+		}
+	}
+	if !strings.HasSuffix(resource, "/.default") {
 		aadError(w, 400, "invalid_scope", 1002012, fmt.Sprintf("The provided value for scope %s is not valid. Client credential flows must have a scope value with /.default suffixed to the resource identifier (application ID URI).", scope))
 		return
 	}

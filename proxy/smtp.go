@@ -262,4 +262,6 @@ type slogLogger struct{ l *slog.Logger }
 func (s slogLogger) Printf(format string, v ...any) {
 	s.l.Debug("smtp server", "msg", strings.TrimSpace(fmt.Sprintf(format, v...)))
 }
-func (s slogLogger) Println(v ...any) { s.l.Debug("smtp server", "msg", strings.TrimSpace(fmt.Sprintln(v...))) }
+func (s slogLogger) Println(v ...any) {
+	s.l.Debug("smtp server", "msg", strings.TrimSpace(fmt.Sprintln(v...)))
+}

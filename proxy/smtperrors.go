@@ -17,10 +17,6 @@ import (
 //   - a token failure becomes 454 4.7.0, and an unreachable or broken
 //     upstream 451 4.4.1: temporary, so the app keeps the message and retries.
 func smtpReply(err error) error {
-	var se *smtp.SMTPError
-	if errors.As(err, &se) {
-		return se
-	}
 	var te *tokens.Error
 	if errors.As(err, &te) {
 		return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(te.Error() + "; try again later")}
@@ -31,6 +27,10 @@ func smtpReply(err error) error {
 			return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0}, Message: oneLine(ue.Error() + "; try again later")}
 		}
 		return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 4, 1}, Message: oneLine(ue.Error() + "; try again later")}
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se
 	}
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: oneLine(err.Error() + "; try again later")}
 }

@@ -32,8 +32,8 @@ type SMTPOptions struct {
 	// most IdleTimeout (default 60 s).
 	MaxIdle     int
 	IdleTimeout time.Duration
-	Dialer    *net.Dialer
-	Logger    *slog.Logger
+	Dialer      *net.Dialer
+	Logger      *slog.Logger
 }
 
 // SMTP delivers messages to one upstream server, reusing each

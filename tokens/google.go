@@ -79,6 +79,7 @@ func NewGoogleServiceAccount(g GoogleServiceAccount) (Fetcher, error) {
 		if g.HTTPClient != nil {
 			ctx = context.WithValue(ctx, oauth2.HTTPClient, g.HTTPClient)
 		}
-		return cfg.TokenSource(ctx).Token()
+		tok, err := cfg.TokenSource(ctx).Token()
+		return tok, cleanRetrieveError(err)
 	}), nil
 }

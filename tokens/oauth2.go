@@ -2,6 +2,7 @@ package tokens
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -28,7 +29,8 @@ func NewClientCredentials(c ClientCredentials) Fetcher {
 		TokenURL: c.TokenURL, Scopes: c.Scopes,
 	}
 	return FetcherFunc(func(ctx context.Context) (*oauth2.Token, error) {
-		return cfg.Token(withClient(ctx, c.HTTPClient))
+		tok, err := cfg.Token(withClient(ctx, c.HTTPClient))
+		return tok, cleanRetrieveError(err)
 	})
 }
 
@@ -90,13 +92,27 @@ func NewRefreshGrant(r RefreshGrant) Fetcher {
 // cleanRetrieveError keeps the OAuth error code and description and drops
 // the raw response body.
 func cleanRetrieveError(err error) error {
-	var re *oauth2.RetrieveError
-	if errors.As(err, &re) && re.ErrorCode != "" {
-		status := 0
-		if re.Response != nil {
-			status = re.Response.StatusCode
-		}
-		return &OAuthError{Status: status, Code: re.ErrorCode, Description: re.ErrorDescription}
+	if err == nil {
+		return nil
 	}
-	return err
+	var re *oauth2.RetrieveError
+	if !errors.As(err, &re) {
+		return err
+	}
+	status := 0
+	if re.Response != nil {
+		status = re.Response.StatusCode
+	}
+	code, desc := re.ErrorCode, re.ErrorDescription
+	if code == "" { // x/oauth2/jwt does not parse the body
+		var e struct {
+			Error       string `json:"error"`
+			Description string `json:"error_description"`
+		}
+		if json.Unmarshal(re.Body, &e) != nil || e.Error == "" {
+			return fmt.Errorf("token endpoint answered HTTP %d", status)
+		}
+		code, desc = e.Error, e.Description
+	}
+	return &OAuthError{Status: status, Code: code, Description: desc}
 }

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, and the
+# real clients (swaks, curl, Python 3). Debian/Ubuntu, as root. Safe to run twice.
+set -euo pipefail
+pkgs=()
+[ -x /usr/sbin/dovecot ] || pkgs+=(dovecot-core)
+[ -x /usr/lib/dovecot/imap ] || pkgs+=(dovecot-imapd)
+[ -x /usr/lib/dovecot/pop3 ] || pkgs+=(dovecot-pop3d)
+[ -x /usr/lib/dovecot/lmtp ] || pkgs+=(dovecot-lmtpd)
+[ -x /usr/sbin/postfix ] || pkgs+=(postfix)
+command -v swaks >/dev/null || pkgs+=(swaks)
+command -v curl >/dev/null || pkgs+=(curl)
+command -v openssl >/dev/null || pkgs+=(openssl)
+command -v ss >/dev/null || pkgs+=(iproute2)
+[ -x /usr/bin/python3 ] || pkgs+=(python3)
+[ ${#pkgs[@]} -eq 0 ] && exit 0
+echo "installing: ${pkgs[*]}"
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# Keep the packages' scripts from starting system-wide daemons on ports 25/143/993.
+made_policy=0
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
+fi
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends ca-certificates "${pkgs[@]}" >/dev/null
+[ $made_policy -eq 1 ] && rm -f /usr/sbin/policy-rc.d
+exit 0

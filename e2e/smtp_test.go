@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -350,5 +351,26 @@ func TestMessagesPerSessionLimitsUpstreamSessions(t *testing.T) {
 	}
 	if got := env.idp.Introspections() - before; got != 3 {
 		t.Fatalf("7 messages with messages_per_session 3 used %d upstream logins, want 3", got)
+	}
+}
+
+func TestSIGTERMFinishesTheMessageInFlight(t *testing.T) {
+	need(t)
+	addr := freeAddr(t)
+	p := startProxy(t, "profiles:\n"+oauthProfile("sending", addr, bob, genericCreds(), ""), addr)
+	marker := uniqueMarker(t)
+	msg := bigMessage(marker, 20<<20)
+	res := make(chan sendResult, 1)
+	go func() { res <- pySend(t, addr, localUser, localPass, bob, msg, 1) }()
+	time.Sleep(300 * time.Millisecond) // the message is being streamed
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	r := <-res
+	if !r.OK {
+		t.Fatalf("message in flight at SIGTERM: %+v", r)
+	}
+	waitForMessage(t, bob, marker)
+	<-p.done
+	if _, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		t.Fatal("still accepting connections after shutdown")
 	}
 }

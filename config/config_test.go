@@ -1,0 +1,118 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+const good = `
+profiles:
+  sending:
+    mailbox: crm@contoso.com
+    smtp:
+      listen: "2525"
+      upstream:
+        host: smtp.office365.com
+    local_users:
+      - username: crm
+        password: ${env:CFG_TEST_PW}
+    credentials:
+      type: microsoft365
+      tenant_id: contoso
+      client_id: abc
+      client_secret: file:SECRETFILE
+  billing:
+    inherit: sending
+    mailbox: billing@contoso.com
+    smtp:
+      listen: 127.0.0.1:2526
+`
+
+func TestParseAppliesDefaultsInheritanceAndSecrets(t *testing.T) {
+	secret := filepath.Join(t.TempDir(), "s")
+	os.WriteFile(secret, []byte("from-file\n"), 0o600)
+	t.Setenv("CFG_TEST_PW", "from-env")
+	cfg, err := Parse([]byte(strings.Replace(good, "SECRETFILE", secret, 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := cfg.Profiles["sending"]
+	if s.SMTP.Listen != "127.0.0.1:2525" || s.SMTP.Upstream.Host != "smtp.office365.com:587" ||
+		s.SMTP.Upstream.MessagesPerSession != 3 || s.SMTP.Upstream.Mechanism != "xoauth2" {
+		t.Fatalf("defaults: %+v", s.SMTP)
+	}
+	if s.Credentials.ClientSecret.Value() != "from-file" || s.LocalUsers[0].Password.Value() != "from-env" {
+		t.Fatal("secret references not resolved")
+	}
+	b := cfg.Profiles["billing"]
+	if b.Mailbox != "billing@contoso.com" || b.SMTP.Listen != "127.0.0.1:2526" ||
+		b.Credentials.TenantID != "contoso" || b.SMTP.Upstream.Host != "smtp.office365.com:587" {
+		t.Fatalf("inheritance: %+v %+v", b, b.SMTP)
+	}
+}
+
+func TestValidateReportsEveryProblemWithItsPath(t *testing.T) {
+	bad := `
+profiles:
+  sending:
+    smtp:
+      listen: 0.0.0.0:25
+      local_auth: none
+      upstream:
+        tls: sometimes
+    credentials:
+      type: microsoft365
+      client_secret: ${env:CFG_TEST_MISSING}
+`
+	_, err := Parse([]byte(bad))
+	if err == nil {
+		t.Fatal("invalid config accepted")
+	}
+	for _, want := range []string{
+		"profiles.sending.mailbox: required",
+		"profiles.sending.credentials.tenant_id: required for microsoft365",
+		"profiles.sending.credentials.client_id: required",
+		"profiles.sending.credentials.client_secret: environment variable CFG_TEST_MISSING is not set",
+		"profiles.sending.smtp.local_auth: none is allowed on loopback only",
+		"profiles.sending.smtp.listen: 0.0.0.0:25 is not loopback",
+		"profiles.sending.smtp.upstream.tls: \"sometimes\"",
+		"profiles.sending.smtp.upstream.host: required",
+	} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in:\n%v", want, err)
+		}
+	}
+}
+
+func TestUnknownKeysAndSharedListenerConflicts(t *testing.T) {
+	if _, err := Parse([]byte("profiles:\n  a:\n    mailbx: x\n")); err == nil || !strings.Contains(err.Error(), "mailbx") {
+		t.Fatalf("unknown key: %v", err)
+	}
+	shared := `
+profiles:
+  a:
+    mailbox: a@x
+    smtp: {listen: "2525", upstream: {host: h}}
+    local_users: [{username: app, password: p1}]
+    credentials: {type: basic, password: pw}
+  b:
+    mailbox: b@x
+    smtp: {listen: "2525", upstream: {host: h}}
+    local_users: [{username: app, password: p2}]
+    credentials: {type: basic, password: pw}
+`
+	if _, err := Parse([]byte(shared)); err == nil || !strings.Contains(err.Error(), `local username "app" is used by profiles "a" and "b"`) {
+		t.Fatalf("shared listener with one username: %v", err)
+	}
+}
+
+func TestSecretsNeverPrint(t *testing.T) {
+	s := NewSecret("hunter2")
+	for _, got := range []string{s.String(), s.GoString()} {
+		if strings.Contains(got, "hunter2") {
+			t.Fatalf("secret printed: %q", got)
+		}
+	}
+}

@@ -16,21 +16,40 @@ func TestEveryCredentialTypeSendsThroughPostfix(t *testing.T) {
 	need(t)
 	key := tokens.NewKey()
 	store := env.work + "/tokens-" + uniqueMarker(t) + ".enc"
-	creds := map[string]struct{ mailbox, yaml string }{
-		"microsoft365-secret": {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      client_secret: ${env:E2E_MS_SECRET}\n", env.idpURL, tenant, msSecretApp)},
-		"microsoft365-pem":    {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      certificate_file: %s\n", env.idpURL, tenant, msCertApp, env.certPEM)},
-		"microsoft365-pfx":    {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      certificate_file: %s\n      certificate_password: %s\n", env.idpURL, tenant, msCertApp, env.certPFX, env.pfxPass)},
-		"google-json":         {bob, fmt.Sprintf("      type: google_service_account\n      key_file: %s\n", env.saJSON)},
-		"google-p12":          {alice, fmt.Sprintf("      type: google_service_account\n      key_file: %s\n      service_account: %s\n      token_url: %s/token\n", env.saP12, saEmail, env.idpURL)},
-		"oauth2-client":       {bob, genericCreds()},
-		"oauth2-refresh":      {bob, fmt.Sprintf("      type: oauth2\n      grant: refresh_token\n      token_url: %s/token\n      client_id: %s\n      client_secret: %s\n      refresh_token: %s\n", env.idpURL, genericID, genericSec, bobRefresh)},
+	creds := map[string]struct{ mailbox, yaml, up string }{
+		"microsoft365-secret": {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      client_secret: ${env:E2E_MS_SECRET}\n", env.idpURL, tenant, msSecretApp), ""},
+		"microsoft365-pem":    {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      certificate_file: %s\n", env.idpURL, tenant, msCertApp, env.certPEM), ""},
+		"microsoft365-pfx":    {alice, fmt.Sprintf("      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      certificate_file: %s\n      certificate_password: %s\n", env.idpURL, tenant, msCertApp, env.certPFX, env.pfxPass), ""},
+		"google-json":         {bob, fmt.Sprintf("      type: google_service_account\n      key_file: %s\n", env.saJSON), ""},
+		"google-p12":          {alice, fmt.Sprintf("      type: google_service_account\n      key_file: %s\n      service_account: %s\n      token_url: %s/token\n", env.saP12, saEmail, env.idpURL), ""},
+		"oauth2-client":       {bob, genericCreds(), ""},
+		"oauth2-oauthbearer":  {bob, genericCreds(), "        mechanism: oauthbearer\n"},
+		"basic-plain":         {bob, "      type: basic\n      password: bob-pw\n", ""},
+		"basic-login":         {bob, "      type: basic\n      password: bob-pw\n", "        mechanism: login\n"},
+		"oauth2-refresh":      {bob, fmt.Sprintf("      type: oauth2\n      grant: refresh_token\n      token_url: %s/token\n      client_id: %s\n      client_secret: %s\n      refresh_token: %s\n", env.idpURL, genericID, genericSec, bobRefresh), ""},
 	}
 	cfg := fmt.Sprintf("token_store:\n  path: %s\n  key: %s\nprofiles:\n", store, key)
 	addrs := map[string]string{}
 	for name, c := range creds {
 		addrs[name] = freeAddr(t)
-		cfg += oauthProfile(name, addrs[name], c.mailbox, c.yaml, "")
+		cfg += oauthProfile(name, addrs[name], c.mailbox, c.yaml, c.up)
 	}
+	// Implicit TLS upstream (submissions, port 465 style).
+	addrs["implicit-tls"] = freeAddr(t)
+	cfg += fmt.Sprintf(`  implicit-tls:
+    mailbox: %s
+    smtp:
+      listen: %s
+      upstream:
+        host: localhost:%d
+        tls: implicit
+        ca_file: %s
+    local_users:
+      - username: %s
+        password: %q
+    credentials:
+%s`, bob, addrs["implicit-tls"], env.subsPort, env.ca, localUser, localPass, genericCreds())
+	creds["implicit-tls"] = struct{ mailbox, yaml, up string }{}
 	os.Setenv("E2E_MS_SECRET", msSecret)
 	defer os.Unsetenv("E2E_MS_SECRET")
 	var all []string

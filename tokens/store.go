@@ -95,17 +95,6 @@ func (s *Store) Get(account string) (Entry, bool) {
 	return e, ok
 }
 
-// Accounts lists the accounts held.
-func (s *Store) Accounts() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := make([]string, 0, len(s.entries))
-	for a := range s.entries {
-		out = append(out, a)
-	}
-	return out
-}
-
 // Put saves e for account and writes the file before returning.
 func (s *Store) Put(account string, e Entry) error {
 	s.mu.Lock()
@@ -121,14 +110,6 @@ func (s *Store) Put(account string, e Entry) error {
 		return err
 	}
 	return nil
-}
-
-// Remove deletes account.
-func (s *Store) Remove(account string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.entries, account)
-	return s.write()
 }
 
 func (s *Store) write() error {

@@ -343,15 +343,23 @@ func waitListening(t testing.TB, addr string, p *proxy) {
 	t.Fatalf("mailproxy did not listen on %s: %s", addr, p.logs.String())
 }
 
-// freeAddr returns a loopback address nothing listens on.
+var handedOut sync.Map // addresses freeAddr gave, never given twice
+
+// freeAddr returns a loopback address nothing listens on. The kernel may
+// offer a just-closed port again, so an address is never handed out twice.
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if _, dup := handedOut.LoadOrStore(addr, true); !dup {
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // waitForMessage returns the stored message of user that contains marker,

@@ -44,31 +44,8 @@ die() { echo "start.sh: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "must run as root"
 
 # ---------------------------------------------------------------- 1. packages
-need_install=()
-[ -x /usr/sbin/dovecot ] || need_install+=(dovecot-core)
-[ -x /usr/lib/dovecot/imap ] || need_install+=(dovecot-imapd)
-[ -x /usr/lib/dovecot/pop3 ] || need_install+=(dovecot-pop3d)
-[ -x /usr/lib/dovecot/lmtp ] || need_install+=(dovecot-lmtpd)
-[ -x /usr/sbin/postfix ] || need_install+=(postfix)
-command -v openssl >/dev/null || need_install+=(openssl)
-command -v curl >/dev/null || need_install+=(curl)
-command -v ss >/dev/null || need_install+=(iproute2)
-if [ ${#need_install[@]} -gt 0 ]; then
-  echo "installing: ${need_install[*]}"
-  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-  # Keep package postinst scripts from starting the system-wide daemons on ports 25/143/993...
-  made_policy=0
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1
-  fi
-  export DEBIAN_FRONTEND=noninteractive
-  # Try with the current package lists first; refresh them only if that fails.
-  apt-get install -y --no-install-recommends "${need_install[@]}" >>"$DIR/apt.log" 2>&1 ||
-    { apt-get update >>"$DIR/apt.log" 2>&1 &&
-      apt-get install -y --no-install-recommends "${need_install[@]}" >>"$DIR/apt.log" 2>&1; } ||
-    { tail -n 20 "$DIR/apt.log" >&2; die "package install failed (see $DIR/apt.log)"; }
-  if [ $made_policy -eq 1 ]; then rm -f /usr/sbin/policy-rc.d; fi
-fi
+# One list of what the tests need, shared with .ci/run and the README.
+"$(dirname "${BASH_SOURCE[0]}")/../../scripts/install-test-deps.sh" || die "package install failed"
 log "packages ok: dovecot $(dovecot --version | cut -d' ' -f1), postfix $(postconf -d -h mail_version 2>/dev/null)"
 
 # vmail owns the maildirs; dovecot/dovenull/postfix users come with the packages.

@@ -49,11 +49,14 @@ type Profile struct {
 	Name string `yaml:"-"`
 	// Inherit names a profile whose settings this one starts from.
 	Inherit string `yaml:"inherit"`
-	// Mailbox is the upstream address: the XOAUTH2 user= and the default
-	// login for basic auth.
+	// Mailbox is the upstream address: the XOAUTH2 user= (OAUTHBEARER a=)
+	// and the default login for basic auth. For a shared mailbox it differs
+	// from the account that owns the token (credentials.account).
 	Mailbox string `yaml:"mailbox"`
 
-	SMTP *SMTP `yaml:"smtp"`
+	SMTP *SMTP      `yaml:"smtp"`
+	IMAP *Receiving `yaml:"imap"`
+	POP3 *Receiving `yaml:"pop3"`
 
 	// LocalUsers are the logins local apps use. Each has its own password
 	// so one app can be revoked alone.
@@ -83,42 +86,65 @@ const (
 	TLSNone     = "none"
 )
 
+// Listener is a local address legacy apps connect to.
+type Listener struct {
+	// Listen is host:port; the host defaults to 127.0.0.1.
+	Listen string    `yaml:"listen"`
+	TLS    *LocalTLS `yaml:"tls"`
+}
+
+// LocalTLS is a certificate for a local listener.
+type LocalTLS struct {
+	// Mode is starttls (offer STARTTLS/STLS) or implicit (TLS from the
+	// first byte).
+	Mode     string `yaml:"mode"`
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+	// Required refuses logins before STARTTLS (IMAP LOGINDISABLED). It is
+	// always on for a listener that is not on loopback.
+	Required bool `yaml:"required"`
+}
+
+// Upstream is a server mailproxy logs in to.
+type Upstream struct {
+	// Host is host[:port]; without a port, the protocol's port for the TLS
+	// mode (SMTP 465/587/25, IMAP 993/143, POP3 995/110).
+	Host string `yaml:"host"`
+	// TLS is implicit, starttls or none (default: starttls for SMTP,
+	// implicit for IMAP and POP3).
+	TLS string `yaml:"tls"`
+	// CAFile is a PEM bundle to trust instead of the system roots.
+	CAFile string `yaml:"ca_file"`
+	// Mechanism is xoauth2 (default for token credentials), oauthbearer,
+	// plain (SASL PLAIN) or login (the protocol's password login: SMTP AUTH
+	// LOGIN, IMAP LOGIN, POP3 USER/PASS).
+	Mechanism string `yaml:"mechanism"`
+}
+
 // SMTP is the sending side of a profile.
 type SMTP struct {
-	// Listen is the local address, host:port; the host defaults to 127.0.0.1.
-	Listen string `yaml:"listen"`
+	Listener `yaml:",inline"`
 	// LocalAuth is "password" (default) or "none" (apps that send no AUTH;
 	// loopback only).
-	LocalAuth string    `yaml:"local_auth"`
-	TLS       *LocalTLS `yaml:"tls"`
+	LocalAuth string `yaml:"local_auth"`
 	// MaxMessageBytes is advertised in SIZE; 0 means 50 MiB.
 	MaxMessageBytes int64        `yaml:"max_message_bytes"`
 	Upstream        SMTPUpstream `yaml:"upstream"`
 }
 
-// LocalTLS is a certificate for the local listener.
-type LocalTLS struct {
-	// Mode is starttls (offer STARTTLS) or implicit (TLS from the first byte).
-	Mode     string `yaml:"mode"`
-	CertFile string `yaml:"cert_file"`
-	KeyFile  string `yaml:"key_file"`
-}
-
 // SMTPUpstream is the server mailproxy delivers to.
 type SMTPUpstream struct {
-	// Host is host[:port]; without a port, 465 for implicit TLS, 587 for
-	// STARTTLS, 25 for none.
-	Host string `yaml:"host"`
-	// TLS is starttls (default), implicit or none.
-	TLS string `yaml:"tls"`
-	// CAFile is a PEM bundle to trust instead of the system roots.
-	CAFile string `yaml:"ca_file"`
-	// Mechanism is xoauth2 (default for token credentials), oauthbearer,
-	// plain (default for basic) or login.
-	Mechanism string `yaml:"mechanism"`
+	Upstream `yaml:",inline"`
 	// MessagesPerSession is how many messages one upstream session carries
 	// before it is closed and a new one opened (default 3).
 	MessagesPerSession int `yaml:"messages_per_session"`
+}
+
+// Receiving is a receiving side of a profile (IMAP or POP3): after the
+// local login, mailproxy logs in upstream and relays every byte both ways.
+type Receiving struct {
+	Listener `yaml:",inline"`
+	Upstream Upstream `yaml:"upstream"`
 }
 
 // Load reads, resolves and validates the file at path.

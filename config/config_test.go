@@ -116,3 +116,64 @@ func TestSecretsNeverPrint(t *testing.T) {
 		}
 	}
 }
+
+func TestIMAPAndPOP3DefaultToImplicitTLSPortsAndPasswordLogins(t *testing.T) {
+	cfg, err := Parse([]byte(`
+profiles:
+  receiving:
+    mailbox: shared@contoso.com
+    imap: {listen: "1143", upstream: {host: outlook.office365.com}}
+    pop3: {listen: "1110", upstream: {host: outlook.office365.com, tls: starttls}}
+    local_users: [{username: app, password: pw}]
+    credentials: {type: oauth2, token_url: https://idp/token, client_id: c, refresh_token: rt, account: delegate@contoso.com}
+  basic:
+    mailbox: old@example.com
+    imap: {listen: "1144", upstream: {host: imap.example.com}}
+    local_users: [{username: app2, password: pw}]
+    credentials: {type: basic, password: pw}
+token_store: {path: /tmp/x, key: k}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Profiles["receiving"]
+	if r.IMAP.Listen != "127.0.0.1:1143" || r.IMAP.Upstream.Host != "outlook.office365.com:993" ||
+		r.IMAP.Upstream.TLS != TLSImplicit || r.IMAP.Upstream.Mechanism != "xoauth2" {
+		t.Errorf("imap defaults: %+v", r.IMAP)
+	}
+	if r.POP3.Upstream.Host != "outlook.office365.com:110" || r.POP3.Upstream.TLS != TLSStartTLS {
+		t.Errorf("pop3 defaults: %+v", r.POP3)
+	}
+	if r.Credentials.Account != "delegate@contoso.com" || r.Mailbox != "shared@contoso.com" {
+		t.Errorf("token owner and mailbox must stay apart: %q %q", r.Credentials.Account, r.Mailbox)
+	}
+	if m := cfg.Profiles["basic"].IMAP.Upstream.Mechanism; m != "login" {
+		t.Errorf("basic imap mechanism = %q, want login", m)
+	}
+}
+
+func TestListenersOfDifferentProtocolsMayNotShareAnAddress(t *testing.T) {
+	_, err := Parse([]byte(`
+profiles:
+  a:
+    mailbox: a@x
+    smtp: {listen: "2525", upstream: {host: h}}
+    imap: {listen: "2525", upstream: {host: h}, tls: {mode: sometimes, cert_file: c, key_file: k}}
+    local_users: [{username: app, password: p1}]
+    credentials: {type: basic, password: pw}
+  b:
+    mailbox: b@x
+    pop3: {listen: "0.0.0.0:1110", upstream: {host: h}}
+    credentials: {type: basic, password: pw}
+`))
+	for _, want := range []string{
+		`profiles.a.imap.listen: 127.0.0.1:2525 is already the smtp listener of profile "a"`,
+		`profiles.a.imap.tls.mode: "sometimes" is not one of starttls, implicit`,
+		`profiles.b.pop3.listen: 0.0.0.0:1110 is not loopback`,
+		`profiles.b.local_users: required`,
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in:\n%v", want, err)
+		}
+	}
+}

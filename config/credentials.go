@@ -59,6 +59,10 @@ type Credentials struct {
 	Grant    string   `yaml:"grant"`
 	// RefreshToken seeds the token store; rotated tokens are kept there.
 	RefreshToken Secret `yaml:"refresh_token"`
+	// Account is who the refresh token belongs to (default: the profile's
+	// mailbox). It differs from the mailbox when a delegate reads a shared
+	// mailbox; profiles with the same account share one token.
+	Account string `yaml:"account"`
 
 	// basic
 	Username string `yaml:"username"`

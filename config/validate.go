@@ -68,6 +68,10 @@ func (c *Config) applyDefaults() {
 				p.LocalUsers[i].Name = p.LocalUsers[i].Username
 			}
 		}
+		if cr.Type == CredOAuth2 && cr.Account == "" {
+			cr.Account = p.Mailbox
+		}
+		basic := cr.Type == CredBasic
 		if s := p.SMTP; s != nil {
 			s.Listen = withDefaultHost(s.Listen)
 			if s.LocalAuth == "" {
@@ -76,22 +80,40 @@ func (c *Config) applyDefaults() {
 			if s.MaxMessageBytes == 0 {
 				s.MaxMessageBytes = DefaultMaxMessageBytes
 			}
-			u := &s.Upstream
-			if u.TLS == "" {
-				u.TLS = TLSStartTLS
+			if s.Upstream.MessagesPerSession == 0 {
+				s.Upstream.MessagesPerSession = DefaultMessagesPerSession
 			}
-			if u.MessagesPerSession == 0 {
-				u.MessagesPerSession = DefaultMessagesPerSession
-			}
-			if u.Mechanism == "" {
-				u.Mechanism = "xoauth2"
-				if cr.Type == CredBasic {
-					u.Mechanism = "plain"
-				}
-			}
-			u.Host = withDefaultPort(u.Host, u.TLS, map[string]string{TLSImplicit: "465", TLSStartTLS: "587", TLSNone: "25"})
+			s.Upstream.applyDefaults(TLSStartTLS, "plain", basic, smtpPorts)
+		}
+		if r := p.IMAP; r != nil {
+			r.Listen = withDefaultHost(r.Listen)
+			r.Upstream.applyDefaults(TLSImplicit, "login", basic, imapPorts)
+		}
+		if r := p.POP3; r != nil {
+			r.Listen = withDefaultHost(r.Listen)
+			r.Upstream.applyDefaults(TLSImplicit, "login", basic, pop3Ports)
 		}
 	}
+}
+
+// The ports that follow each protocol's TLS mode.
+var (
+	smtpPorts = map[string]string{TLSImplicit: "465", TLSStartTLS: "587", TLSNone: "25"}
+	imapPorts = map[string]string{TLSImplicit: "993", TLSStartTLS: "143", TLSNone: "143"}
+	pop3Ports = map[string]string{TLSImplicit: "995", TLSStartTLS: "110", TLSNone: "110"}
+)
+
+func (u *Upstream) applyDefaults(tls, basicMech string, basic bool, ports map[string]string) {
+	if u.TLS == "" {
+		u.TLS = tls
+	}
+	if u.Mechanism == "" {
+		u.Mechanism = "xoauth2"
+		if basic {
+			u.Mechanism = basicMech
+		}
+	}
+	u.Host = withDefaultPort(u.Host, u.TLS, ports)
 }
 
 // withDefaultHost turns ":2525" or "2525" into "127.0.0.1:2525".
@@ -189,8 +211,8 @@ func fileExists(ps *problems, path, file string) {
 
 func (c *Config) validateProfile(ps *problems, p *Profile) {
 	at := "profiles." + p.Name
-	if p.SMTP == nil {
-		ps.add(at, "no listener: add smtp")
+	if p.SMTP == nil && p.IMAP == nil && p.POP3 == nil {
+		ps.add(at, "no listener: add smtp, imap or pop3")
 	}
 	if p.Mailbox == "" {
 		ps.add(at+".mailbox", "required: the upstream mailbox address (e.g. crm@contoso.com)")
@@ -199,28 +221,31 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 	needsPasswords := false
 	if s := p.SMTP; s != nil {
 		sa := at + ".smtp"
-		validateListener(ps, sa, s.Listen, s.LocalAuth, s.TLS)
-		needsPasswords = needsPasswords || s.LocalAuth == LocalAuthPassword
-		u := s.Upstream
-		if u.Host == "" {
-			ps.add(sa+".upstream.host", "required: the upstream SMTP server, host[:port] (e.g. smtp.office365.com)")
-		}
-		switch u.TLS {
-		case TLSImplicit, TLSStartTLS, TLSNone:
-		default:
-			ps.add(sa+".upstream.tls", "%q is not one of starttls, implicit, none", u.TLS)
-		}
-		fileExists(ps, sa+".upstream.ca_file", u.CAFile)
-		if u.MessagesPerSession < 1 {
+		validateListener(ps, sa, s.Listener, s.LocalAuth)
+		needsPasswords = s.LocalAuth == LocalAuthPassword
+		validateUpstream(ps, sa+".upstream", s.Upstream.Upstream, p.Credentials.Type, "smtp.office365.com")
+		if s.Upstream.MessagesPerSession < 1 {
 			ps.add(sa+".upstream.messages_per_session", "must be 1 or more")
 		}
-		validateMechanism(ps, sa+".upstream.mechanism", u.Mechanism, p.Credentials.Type)
 		if s.MaxMessageBytes < 0 {
 			ps.add(sa+".max_message_bytes", "must be positive")
 		}
 	}
+	for _, r := range []struct {
+		at  string
+		rcv *Receiving
+		eg  string
+	}{{at + ".imap", p.IMAP, "outlook.office365.com"}, {at + ".pop3", p.POP3, "outlook.office365.com"}} {
+		if r.rcv == nil {
+			continue
+		}
+		// An IMAP or POP3 login always names a user: there is no "none".
+		validateListener(ps, r.at, r.rcv.Listener, LocalAuthPassword)
+		validateUpstream(ps, r.at+".upstream", r.rcv.Upstream, p.Credentials.Type, r.eg)
+		needsPasswords = true
+	}
 	if needsPasswords && len(p.LocalUsers) == 0 {
-		ps.add(at+".local_users", "required with local_auth: password: add a username and password for each app")
+		ps.add(at+".local_users", "required: add a username and password for each app (local_auth: none exists only for smtp)")
 	}
 	seen := map[string]bool{}
 	for i := range p.LocalUsers {
@@ -237,7 +262,21 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 	}
 }
 
-func validateListener(ps *problems, at, listen, localAuth string, t *LocalTLS) {
+func validateUpstream(ps *problems, at string, u Upstream, credType, example string) {
+	if u.Host == "" {
+		ps.add(at+".host", "required: the upstream server, host[:port] (e.g. %s)", example)
+	}
+	switch u.TLS {
+	case TLSImplicit, TLSStartTLS, TLSNone:
+	default:
+		ps.add(at+".tls", "%q is not one of starttls, implicit, none", u.TLS)
+	}
+	fileExists(ps, at+".ca_file", u.CAFile)
+	validateMechanism(ps, at+".mechanism", u.Mechanism, credType)
+}
+
+func validateListener(ps *problems, at string, l Listener, localAuth string) {
+	listen, t := l.Listen, l.TLS
 	if listen == "" {
 		ps.add(at+".listen", "required: host:port to listen on (e.g. 127.0.0.1:2525)")
 		return
@@ -270,6 +309,12 @@ func validateListener(ps *problems, at, listen, localAuth string, t *LocalTLS) {
 	if !IsLoopback(listen) && t == nil {
 		ps.add(at+".listen", "%s is not loopback: configure tls (cert_file, key_file) and local_auth: password, or listen on 127.0.0.1", listen)
 	}
+}
+
+// RequiresTLS reports whether logins on l must wait for TLS: when asked,
+// and always off loopback.
+func (l Listener) RequiresTLS() bool {
+	return l.TLS != nil && (l.TLS.Required || !IsLoopback(l.Listen))
 }
 
 func validateMechanism(ps *problems, at, mech, credType string) {
@@ -345,40 +390,70 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 }
 
 // validateSharedListeners allows several profiles on one address when the
-// login name can pick the profile: password auth everywhere, the same TLS,
-// and no username claimed twice.
+// login name can pick the profile: one protocol, password auth everywhere,
+// the same TLS, and no username claimed twice.
 func (c *Config) validateSharedListeners(ps *problems) {
 	type first struct {
-		profile string
-		smtp    *SMTP
+		profile, proto string
+		l              Listener
+		localAuth      string
 	}
 	seen := map[string]first{}
 	owner := map[string]map[string]string{} // addr -> username -> profile
 	for _, name := range c.ProfileNames() {
-		s := c.Profiles[name].SMTP
-		if s == nil || s.Listen == "" {
-			continue
-		}
-		at := "profiles." + name + ".smtp"
-		f, shared := seen[s.Listen]
-		if !shared {
-			seen[s.Listen] = first{name, s}
-			owner[s.Listen] = map[string]string{}
-		} else {
-			if s.LocalAuth != LocalAuthPassword || f.smtp.LocalAuth != LocalAuthPassword {
-				ps.add(at+".listen", "%s is shared with profile %q: shared listeners need local_auth: password, so the login picks the profile", s.Listen, f.profile)
+		p := c.Profiles[name]
+		for _, ln := range p.Listeners() {
+			at := "profiles." + name + "." + ln.Proto
+			addr := ln.Listen
+			if addr == "" {
+				continue
 			}
-			if !sameTLS(s.TLS, f.smtp.TLS) {
-				ps.add(at+".tls", "%s is shared with profile %q: give both the same tls", s.Listen, f.profile)
+			f, shared := seen[addr]
+			if !shared {
+				seen[addr] = first{name, ln.Proto, ln.Listener, ln.LocalAuth}
+				owner[addr] = map[string]string{}
+			} else {
+				if f.proto != ln.Proto {
+					ps.add(at+".listen", "%s is already the %s listener of profile %q: give each protocol its own port", addr, f.proto, f.profile)
+					continue
+				}
+				if ln.LocalAuth != LocalAuthPassword || f.localAuth != LocalAuthPassword {
+					ps.add(at+".listen", "%s is shared with profile %q: shared listeners need local_auth: password, so the login picks the profile", addr, f.profile)
+				}
+				if !sameTLS(ln.TLS, f.l.TLS) {
+					ps.add(at+".tls", "%s is shared with profile %q: give both the same tls", addr, f.profile)
+				}
 			}
-		}
-		for _, u := range c.Profiles[name].LocalUsers {
-			if other, dup := owner[s.Listen][u.Username]; dup && other != name {
-				ps.add(at+".listen", "local username %q is used by profiles %q and %q on %s: the login must pick one profile", u.Username, other, name, s.Listen)
+			for _, u := range p.LocalUsers {
+				if other, dup := owner[addr][u.Username]; dup && other != name {
+					ps.add(at+".listen", "local username %q is used by profiles %q and %q on %s: the login must pick one profile", u.Username, other, name, addr)
+				}
+				owner[addr][u.Username] = name
 			}
-			owner[s.Listen][u.Username] = name
 		}
 	}
+}
+
+// ProfileListener is one local listener of a profile.
+type ProfileListener struct {
+	Proto string // smtp, imap or pop3
+	Listener
+	LocalAuth string
+}
+
+// Listeners lists the profile's local listeners.
+func (p *Profile) Listeners() []ProfileListener {
+	var out []ProfileListener
+	if p.SMTP != nil {
+		out = append(out, ProfileListener{"smtp", p.SMTP.Listener, p.SMTP.LocalAuth})
+	}
+	if p.IMAP != nil {
+		out = append(out, ProfileListener{"imap", p.IMAP.Listener, LocalAuthPassword})
+	}
+	if p.POP3 != nil {
+		out = append(out, ProfileListener{"pop3", p.POP3.Listener, LocalAuthPassword})
+	}
+	return out
 }
 
 func sameTLS(a, b *LocalTLS) bool {

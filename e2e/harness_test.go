@@ -439,3 +439,23 @@ func genericCreds() string {
       client_secret: %s
 `, env.idpURL, genericID, genericSec)
 }
+
+// Dovecot's IMAP and POP3 ports (servers.sh).
+func imapsPort() int { return portBase + 993 }
+func imapPort() int  { return portBase + 143 }
+func pop3sPort() int { return portBase + 995 }
+func pop3Port() int  { return portBase + 110 }
+
+// receivingProfile is a profile reading mailbox over IMAP (listen imapAddr)
+// and POP3 (listen pop3Addr), both upstreams on implicit TLS; an empty
+// address leaves that protocol out.
+func receivingProfile(name, imapAddr, pop3Addr, mailbox, creds string) string {
+	y := fmt.Sprintf("  %s:\n    mailbox: %s\n", name, mailbox)
+	if imapAddr != "" {
+		y += fmt.Sprintf("    imap:\n      listen: %s\n      upstream:\n        host: localhost:%d\n        tls: implicit\n        ca_file: %s\n", imapAddr, imapsPort(), env.ca)
+	}
+	if pop3Addr != "" {
+		y += fmt.Sprintf("    pop3:\n      listen: %s\n      upstream:\n        host: localhost:%d\n        tls: implicit\n        ca_file: %s\n", pop3Addr, pop3sPort(), env.ca)
+	}
+	return y + fmt.Sprintf("    local_users:\n      - name: reader\n        username: %s\n        password: %q\n    credentials:\n%s", localUser, localPass, creds)
+}

@@ -43,8 +43,10 @@ type SMTPProfile struct {
 type SMTPOptions struct {
 	Profiles []SMTPProfile
 	// TLSConfig enables STARTTLS, or with ImplicitTLS, TLS from the start.
-	TLSConfig       *tls.Config
-	ImplicitTLS     bool
+	TLSConfig   *tls.Config
+	ImplicitTLS bool
+	// RequireTLS refuses AUTH before STARTTLS.
+	RequireTLS      bool
 	MaxMessageBytes int64
 	// Domain is the name in the greeting (default "mailproxy").
 	Domain string
@@ -86,7 +88,7 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 	srv.ReadTimeout = 10 * time.Minute
 	srv.WriteTimeout = 2 * time.Minute
 	srv.EnableSMTPUTF8 = true
-	srv.AllowInsecureAuth = true // loopback; non-loopback listeners require TLS (config)
+	srv.AllowInsecureAuth = !o.RequireTLS
 	if !o.ImplicitTLS {
 		srv.TLSConfig = o.TLSConfig
 	}

@@ -1,12 +1,13 @@
-// Package upstream connects to the real mail servers (SMTP now; IMAP, POP3
-// and Microsoft Graph alongside) and authenticates with OAuth 2.0 tokens or a
-// password. It asks for tokens through TokenSource and never stores them.
+// Package upstream connects to the real mail servers (SMTP, IMAP, POP3) and
+// authenticates with OAuth 2.0 tokens or a password. It asks for tokens
+// through TokenSource and never stores them.
 //
 // It must never write a token or password to a log or an error.
 package upstream
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"strings"
@@ -60,7 +61,7 @@ func (a Auth) client(tok *oauth2.Token, host string, port int, initial bool) sas
 	case MechXOAUTH2:
 		return &xoauth2Client{user: a.User, token: tok.AccessToken, initial: initial}
 	case MechOAUTHBEARER:
-		return sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: a.User, Token: tok.AccessToken, Host: host, Port: port})
+		return &oauthBearerClient{Client: sasl.NewOAuthBearerClient(&sasl.OAuthBearerOptions{Username: a.User, Token: tok.AccessToken, Host: host, Port: port})}
 	case MechLogin:
 		return sasl.NewLoginClient(a.User, a.Password)
 	default:
@@ -103,6 +104,68 @@ func (c *xoauth2Client) Next(challenge []byte) ([]byte, error) {
 	return []byte{}, nil
 }
 
+// oauthBearerClient answers OAUTHBEARER's error challenge as RFC 7628
+// §3.2.3 asks: with a single %x01, after which the server fails the login
+// with its own reply. (go-sasl returns an error, which makes callers abort.)
+type oauthBearerClient struct {
+	sasl.Client
+	Challenge string
+}
+
+func (c *oauthBearerClient) Next(challenge []byte) ([]byte, error) {
+	_, err := c.Client.Next(challenge)
+	c.Challenge = strings.TrimSpace(string(challenge))
+	if err != nil && c.Challenge != "" {
+		return []byte{0x01}, nil
+	}
+	return nil, err
+}
+
+// serverChallenge is the error JSON a server sent during a failed login,
+// if any.
+func serverChallenge(c sasl.Client) string {
+	switch c := c.(type) {
+	case *xoauth2Client:
+		return c.Challenge
+	case *oauthBearerClient:
+		return c.Challenge
+	}
+	return ""
+}
+
+// token returns a token for the mechanism, or nil for password mechanisms.
+func (a Auth) token(ctx context.Context, profile string) (*oauth2.Token, error) {
+	if !a.UsesToken() {
+		return nil, nil
+	}
+	tok, err := a.Tokens.Token(ctx)
+	if err != nil {
+		return nil, &Error{Profile: profile, Stage: "token", Err: err}
+	}
+	return tok, nil
+}
+
+// login runs one upstream login with a current token (nil for password
+// mechanisms). If the upstream refused a token the cache believed valid
+// (revoked, or expired early), the token is dropped and login runs once more
+// with a new one.
+func (a Auth) login(ctx context.Context, profile string, refused func(error) bool, login func(tok *oauth2.Token) error) error {
+	tok, err := a.token(ctx, profile)
+	if err != nil {
+		return err
+	}
+	err = login(tok)
+	inv, ok := a.Tokens.(invalidator)
+	if err == nil || tok == nil || !ok || !refused(err) {
+		return err
+	}
+	inv.Invalidate(tok)
+	if tok, err = a.token(ctx, profile); err != nil {
+		return err
+	}
+	return login(tok)
+}
+
 // splitPort returns host and numeric port of a host:port address.
 func splitPort(addr string) (string, int) {
 	i := strings.LastIndexByte(addr, ':')
@@ -111,6 +174,28 @@ func splitPort(addr string) (string, int) {
 	}
 	p, _ := strconv.Atoi(addr[i+1:])
 	return strings.Trim(addr[:i], "[]"), p
+}
+
+// RefusedError is the upstream's refusal of mailproxy's login: it did not
+// accept the token (or password). Reply is the server's answer, Challenge
+// the error JSON it sent first, if any; neither holds a credential.
+type RefusedError struct {
+	Reply     string
+	Challenge string
+}
+
+func (e *RefusedError) Error() string {
+	msg := "server refused the login: " + e.Reply
+	if e.Challenge != "" {
+		msg += " (server said " + e.Challenge + ")"
+	}
+	return msg
+}
+
+// IsRefused reports whether err is an upstream refusal of the login.
+func IsRefused(err error) bool {
+	var re *RefusedError
+	return errors.As(err, &re)
 }
 
 // Error is a failure to reach or log in to the upstream: the local client

@@ -177,37 +177,24 @@ func (s *SMTP) put(sc *smtpConn, sent bool) {
 
 // dial connects, secures and authenticates a new session.
 func (s *SMTP) dial(ctx context.Context) (*smtp.Client, error) {
-	var tok *oauth2.Token
-	if s.o.Auth.UsesToken() {
-		var err error
-		if tok, err = s.o.Auth.Tokens.Token(ctx); err != nil {
-			return nil, &Error{Profile: s.o.Profile, Stage: "token", Err: err}
-		}
+	var c *smtp.Client
+	refused := func(err error) bool {
+		var se *smtp.SMTPError
+		return errors.As(err, &se) && se.Code == 535
 	}
-	c, err := s.connect(ctx)
+	err := s.o.Auth.login(ctx, s.o.Profile, refused, func(tok *oauth2.Token) error {
+		var err error
+		if c, err = s.connect(ctx); err != nil {
+			return err
+		}
+		if err = s.auth(c, tok); err != nil {
+			c.Close()
+			return &Error{Profile: s.o.Profile, Stage: "auth", Err: err}
+		}
+		return nil
+	})
 	if err != nil {
 		return nil, err
-	}
-	err = s.auth(c, tok)
-	var se *smtp.SMTPError
-	if err != nil && tok != nil && errors.As(err, &se) && se.Code == 535 {
-		// The upstream refused a token we believed valid (revoked, or expired
-		// early): drop it and try once with a new one.
-		if inv, ok := s.o.Auth.Tokens.(invalidator); ok {
-			inv.Invalidate(tok)
-			c.Close()
-			if tok, err = s.o.Auth.Tokens.Token(ctx); err != nil {
-				return nil, &Error{Profile: s.o.Profile, Stage: "token", Err: err}
-			}
-			if c, err = s.connect(ctx); err != nil {
-				return nil, err
-			}
-			err = s.auth(c, tok)
-		}
-	}
-	if err != nil {
-		c.Close()
-		return nil, &Error{Profile: s.o.Profile, Stage: "auth", Err: err}
 	}
 	s.sessions.Add(1)
 	s.o.Logger.Debug("upstream session opened", "profile", s.o.Profile, "upstream", s.o.Addr)
@@ -253,8 +240,8 @@ func (s *SMTP) auth(c *smtp.Client, tok *oauth2.Token) error {
 	host, port := splitPort(s.o.Addr)
 	sc := s.o.Auth.client(tok, host, port, false)
 	err := c.Auth(sc)
-	if x, ok := sc.(*xoauth2Client); ok && err != nil && x.Challenge != "" {
-		return fmt.Errorf("%w (server said %s)", err, x.Challenge)
+	if ch := serverChallenge(sc); err != nil && ch != "" {
+		return fmt.Errorf("%w (server said %s)", err, ch)
 	}
 	return err
 }

@@ -69,7 +69,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if err := up.Check(ctx); err != nil {
 				return "", err
 			}
-			return fmt.Sprintf("%s (%s), AUTH %s as %s accepted", u.Host, u.TLS, strings.ToUpper(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User), nil
+			return fmt.Sprintf("%s (%s), %s as %s accepted", u.Host, u.TLS, loginName(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User), nil
 		})
 		if loggedIn && *sendTo != "" {
 			step("send", func() (string, error) {
@@ -81,10 +81,38 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		up.Close()
 	}
+	if up := a.imap[name]; up != nil && tokenOK {
+		u := p.IMAP.Upstream
+		step("imap", func() (string, error) {
+			n, err := up.Check(ctx)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s (%s), %s as %s accepted, INBOX has %d message(s)", u.Host, u.TLS, loginName(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User, n), nil
+		})
+	}
+	if up := a.pop3[name]; up != nil && tokenOK {
+		u := p.POP3.Upstream
+		step("pop3", func() (string, error) {
+			n, err := up.Check(ctx)
+			if err != nil {
+				return "", err
+			}
+			return fmt.Sprintf("%s (%s), %s as %s accepted, STAT: %d message(s)", u.Host, u.TLS, loginName(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User, n), nil
+		})
+	}
 	if failed {
 		return errors.New("check failed: see the FAIL lines above")
 	}
 	return nil
+}
+
+// loginName is how check names a login mechanism.
+func loginName(mech string) string {
+	if mech == upstream.MechLogin {
+		return "password login"
+	}
+	return "AUTH " + strings.ToUpper(mech)
 }
 
 func sendTestMessage(ctx context.Context, up interface {

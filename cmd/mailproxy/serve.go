@@ -27,8 +27,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	return serve(ctx, cfg, newLogger(stderr, cfg.Log))
 }
 
-// shutdownGrace is how long messages in flight may take to finish after
-// SIGTERM before their connections are closed.
+// shutdownGrace is how long messages in flight (and IMAP/POP3 sessions
+// moving bytes) may take to finish after SIGTERM before their connections
+// are closed; quiet IMAP/POP3 sessions are closed at once.
 const shutdownGrace = 30 * time.Second
 
 // serve runs every listener of cfg until ctx ends, then shuts down
@@ -38,18 +39,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	servers, err := a.smtpServers()
+	servers, err := a.servers()
 	if err != nil {
 		return err
 	}
 	listeners := map[string]net.Listener{}
-	for addr := range servers {
+	for addr, spec := range servers {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			for _, l := range listeners {
 				l.Close()
 			}
-			return fmt.Errorf("smtp listener: %w", err)
+			return fmt.Errorf("%s listener: %w", spec.proto, err)
 		}
 		listeners[addr] = l
 	}
@@ -62,13 +63,13 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	}
 	errc := make(chan error, len(servers))
 	addrs := make([]string, 0, len(servers))
-	for addr, srv := range servers {
+	for addr, spec := range servers {
 		addrs = append(addrs, addr)
-		go func() { errc <- srv.Serve(listeners[addr]) }()
+		go func() { errc <- spec.srv.Serve(listeners[addr]) }()
 	}
 	sort.Strings(addrs)
 	for _, addr := range addrs {
-		log.Info("listening", "proto", "smtp", "addr", listeners[addr].Addr().String())
+		log.Info("listening", "proto", servers[addr].proto, "addr", listeners[addr].Addr().String())
 	}
 
 	select {
@@ -79,8 +80,8 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
 	var swg sync.WaitGroup
-	for _, srv := range servers {
-		swg.Go(func() { srv.Shutdown(sctx) })
+	for _, spec := range servers {
+		swg.Go(func() { spec.srv.Shutdown(sctx) })
 	}
 	swg.Wait()
 	for _, up := range a.smtp {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -27,12 +28,15 @@ type app struct {
 	store  *tokens.Store
 	caches map[string]*tokens.Cache // by profile; profiles with equal credentials share one
 	smtp   map[string]*upstream.SMTP
+	imap   map[string]*upstream.IMAP
+	pop3   map[string]*upstream.POP3
 }
 
 // build turns the configuration into token caches and upstreams. It opens no
 // listener and makes no network call.
 func build(cfg *config.Config, log *slog.Logger) (*app, error) {
-	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, smtp: map[string]*upstream.SMTP{}}
+	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, smtp: map[string]*upstream.SMTP{},
+		imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
 	if ts := cfg.TokenStore; ts != nil {
 		key, err := tokens.ParseKey(ts.Key.Value())
 		if err != nil {
@@ -66,6 +70,20 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 			}
 			a.smtp[name] = up
 		}
+		if r := p.IMAP; r != nil {
+			o, err := a.mailboxOptions(p, "imap", r.Upstream)
+			if err != nil {
+				return nil, err
+			}
+			a.imap[name] = upstream.NewIMAP(o)
+		}
+		if r := p.POP3; r != nil {
+			o, err := a.mailboxOptions(p, "pop3", r.Upstream)
+			if err != nil {
+				return nil, err
+			}
+			a.pop3[name] = upstream.NewPOP3(o)
+		}
 	}
 	return a, nil
 }
@@ -84,7 +102,7 @@ func refreshAccount(p *config.Profile) string {
 	if p.Credentials.Grant != config.GrantRefreshToken {
 		return ""
 	}
-	return p.Credentials.ClientID + "/" + p.Mailbox
+	return p.Credentials.ClientID + "/" + p.Credentials.Account
 }
 
 func (a *app) fetcher(p *config.Profile, hc *http.Client) (tokens.Fetcher, error) {
@@ -142,6 +160,17 @@ func (a *app) smtpUpstream(p *config.Profile) (*upstream.SMTP, error) {
 	}), nil
 }
 
+func (a *app) mailboxOptions(p *config.Profile, proto string, u config.Upstream) (upstream.MailboxOptions, error) {
+	tc, err := clientTLS(u.CAFile)
+	if err != nil {
+		return upstream.MailboxOptions{}, fmt.Errorf("profile %q: %s.upstream.ca_file: %w", p.Name, proto, err)
+	}
+	return upstream.MailboxOptions{
+		Profile: p.Name, Addr: u.Host, TLS: u.TLS, TLSConfig: tc,
+		Auth: a.upstreamAuth(p, u.Mechanism), Logger: a.log,
+	}, nil
+}
+
 // clientTLS trusts caFile instead of the system roots when given.
 func clientTLS(caFile string) (*tls.Config, error) {
 	tc := &tls.Config{MinVersion: tls.VersionTLS12}
@@ -183,44 +212,79 @@ func (s smtpSender) Begin(ctx context.Context, from string, opts *smtp.MailOptio
 	return t, nil
 }
 
-// smtpServers groups profiles by listen address: one server per address,
-// the login name picking the profile where several share it.
-func (a *app) smtpServers() (map[string]*proxy.SMTPServer, error) {
+// localServer is a local listener of any protocol.
+type localServer interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}
+
+// listenerSpec is one local address: its protocol, TLS and server.
+type listenerSpec struct {
+	proto string
+	srv   localServer
+}
+
+// servers groups profiles by listen address: one server per address, the
+// login name picking the profile where several share it (config checks
+// that an address has one protocol and one TLS setting).
+func (a *app) servers() (map[string]listenerSpec, error) {
 	type group struct {
-		profiles []proxy.SMTPProfile
-		tls      *config.LocalTLS
-		max      int64
+		proto string
+		l     config.Listener
+		smtp  []proxy.SMTPProfile
+		imap  []proxy.IMAPProfile
+		pop3  []proxy.POP3Profile
+		max   int64
 	}
 	groups := map[string]*group{}
 	for _, name := range a.cfg.ProfileNames() {
 		p := a.cfg.Profiles[name]
-		if p.SMTP == nil {
-			continue
+		var users []proxy.LocalUser
+		for _, u := range p.LocalUsers {
+			users = append(users, proxy.LocalUser{Name: u.Name, Username: u.Username, Password: u.Password.Value()})
 		}
-		g := groups[p.SMTP.Listen]
-		if g == nil {
-			g = &group{tls: p.SMTP.TLS}
-			groups[p.SMTP.Listen] = g
-		}
-		sp := proxy.SMTPProfile{Name: name, Sender: smtpSender{a.smtp[name]}}
-		if p.SMTP.LocalAuth == config.LocalAuthPassword {
-			for _, u := range p.LocalUsers {
-				sp.Users = append(sp.Users, proxy.LocalUser{Name: u.Name, Username: u.Username, Password: u.Password.Value()})
+		for _, ln := range p.Listeners() {
+			g := groups[ln.Listen]
+			if g == nil {
+				g = &group{proto: ln.Proto, l: ln.Listener}
+				groups[ln.Listen] = g
+			}
+			switch ln.Proto {
+			case "smtp":
+				sp := proxy.SMTPProfile{Name: name, Sender: smtpSender{a.smtp[name]}}
+				if p.SMTP.LocalAuth == config.LocalAuthPassword {
+					sp.Users = users
+				}
+				g.smtp = append(g.smtp, sp)
+				g.max = max(g.max, p.SMTP.MaxMessageBytes)
+			case "imap":
+				g.imap = append(g.imap, proxy.IMAPProfile{Name: name, Upstream: a.imap[name], Users: users})
+			case "pop3":
+				g.pop3 = append(g.pop3, proxy.POP3Profile{Name: name, Upstream: a.pop3[name], Users: users})
 			}
 		}
-		g.profiles = append(g.profiles, sp)
-		g.max = max(g.max, p.SMTP.MaxMessageBytes)
 	}
-	out := map[string]*proxy.SMTPServer{}
+	out := map[string]listenerSpec{}
 	for addr, g := range groups {
-		tc, err := serverTLS(g.tls)
+		tc, err := serverTLS(g.l.TLS)
 		if err != nil {
-			return nil, fmt.Errorf("smtp listener %s: tls: %w", addr, err)
+			return nil, fmt.Errorf("%s listener %s: tls: %w", g.proto, addr, err)
 		}
-		out[addr] = proxy.NewSMTPServer(proxy.SMTPOptions{
-			Profiles: g.profiles, TLSConfig: tc, ImplicitTLS: g.tls != nil && g.tls.Mode == config.TLSImplicit,
-			MaxMessageBytes: g.max, Logger: a.log,
-		})
+		implicit := g.l.TLS != nil && g.l.TLS.Mode == config.TLSImplicit
+		mo := proxy.MailboxOptions{TLSConfig: tc, ImplicitTLS: implicit, RequireTLS: g.l.RequiresTLS(), Logger: a.log}
+		var srv localServer
+		switch g.proto {
+		case "smtp":
+			srv = proxy.NewSMTPServer(proxy.SMTPOptions{
+				Profiles: g.smtp, TLSConfig: tc, ImplicitTLS: implicit, RequireTLS: g.l.RequiresTLS(),
+				MaxMessageBytes: g.max, Logger: a.log,
+			})
+		case "imap":
+			srv = proxy.NewIMAPServer(g.imap, mo)
+		case "pop3":
+			srv = proxy.NewPOP3Server(g.pop3, mo)
+		}
+		out[addr] = listenerSpec{proto: g.proto, srv: srv}
 	}
 	return out, nil
 }

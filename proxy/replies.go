@@ -35,6 +35,36 @@ func smtpReply(err error) error {
 	return &smtp.SMTPError{Code: 451, EnhancedCode: smtp.EnhancedCode{4, 3, 0}, Message: oneLine(err.Error() + "; try again later")}
 }
 
+// imapLoginFailure maps an upstream login error to the response code and
+// text of the local client's tagged NO. It is the one place where IMAP
+// login failures are worded:
+//   - a token that cannot be had: UNAVAILABLE (temporary, RFC 5530), with
+//     what the token endpoint said;
+//   - the upstream refused mailproxy's token or password:
+//     AUTHENTICATIONFAILED, saying it was the upstream, not the local
+//     password;
+//   - the upstream could not be reached or broke: UNAVAILABLE.
+func imapLoginFailure(err error) (code, text string) {
+	var te *tokens.Error
+	switch {
+	case errors.As(err, &te):
+		return "UNAVAILABLE", te.Error() + "; try again later"
+	case upstream.IsRefused(err):
+		return "AUTHENTICATIONFAILED", err.Error() + "; the local login was fine: check the profile with mailproxy check"
+	}
+	return "UNAVAILABLE", err.Error() + "; try again later"
+}
+
+// pop3LoginFailure is imapLoginFailure for POP3, with RFC 3206 codes:
+// [SYS/TEMP] for temporary failures, [AUTH] for a refused login.
+func pop3LoginFailure(err error) string {
+	code, text := imapLoginFailure(err)
+	if code == "AUTHENTICATIONFAILED" {
+		return "-ERR [AUTH] " + oneLine(text)
+	}
+	return "-ERR [SYS/TEMP] " + oneLine(text)
+}
+
 // oneLine makes text safe for a single reply line of bounded length.
 func oneLine(s string) string {
 	s = strings.Map(func(r rune) rune {

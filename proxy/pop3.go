@@ -1,0 +1,223 @@
+package proxy
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strings"
+	"time"
+)
+
+// POP3Upstream logs in to a profile's upstream POP3 server and returns the
+// authenticated connection (TRANSACTION state).
+type POP3Upstream interface {
+	Login(ctx context.Context) (net.Conn, error)
+}
+
+// POP3Profile is a profile served by a POP3 listener.
+type POP3Profile struct {
+	Name     string
+	Upstream POP3Upstream
+	Users    []LocalUser
+}
+
+// POP3Server is a local POP3 listener: it takes the app's USER/PASS or
+// AUTH PLAIN, logs in upstream with the profile's credential, then relays
+// every byte.
+type POP3Server struct {
+	sessions
+	o     MailboxOptions
+	users *Users[*POP3Profile]
+}
+
+// NewPOP3Server builds a listener for profiles; the login picks the profile.
+func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
+	if o.IdleTimeout <= 0 {
+		o.IdleTimeout = DefaultIdleTimeout
+	}
+	s := &POP3Server{o: o, users: NewUsers[*POP3Profile]()}
+	for i := range profiles {
+		for _, u := range profiles[i].Users {
+			s.users.Add(u, &profiles[i])
+		}
+	}
+	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve}
+	s.sessions.init()
+	return s
+}
+
+type pop3Session struct {
+	s        *POP3Server
+	conn     net.Conn
+	r        *bufio.Reader
+	isTLS    bool
+	remote   string
+	user     *string // after USER
+	failures int
+}
+
+func (s *POP3Server) serve(ctx context.Context, conn net.Conn, act *activity) {
+	_, isTLS := conn.(*tls.Conn)
+	ps := &pop3Session{s: s, conn: conn, r: bufio.NewReader(conn), isTLS: isTLS, remote: conn.RemoteAddr().String()}
+	// No <timestamp> in the greeting: it would invite APOP (curl, Jakarta),
+	// which needs the password in the clear on this side.
+	conn.SetDeadline(time.Now().Add(preauthTimeout))
+	if ps.send("+OK mailproxy POP3 ready") != nil {
+		return
+	}
+	for {
+		conn.SetDeadline(time.Now().Add(preauthTimeout))
+		line, err := readBoundedLine(ps.r, maxPreauthLine)
+		act.touch()
+		var fatal *errFatal
+		switch {
+		case errors.As(err, &fatal):
+			ps.send("-ERR %s", fatal.msg)
+			return
+		case errors.Is(err, os.ErrDeadlineExceeded):
+			ps.send("-ERR Autologout: no login within %s", preauthTimeout)
+			return
+		case err != nil:
+			return
+		}
+		verb, arg, _ := strings.Cut(string(line), " ")
+		if done := ps.handle(ctx, strings.ToUpper(verb), arg, act); done {
+			return
+		}
+	}
+}
+
+// handle runs one command; done ends the session.
+func (ps *pop3Session) handle(ctx context.Context, verb, arg string, act *activity) (done bool) {
+	tlsNeeded := ps.s.o.RequireTLS && !ps.isTLS
+	switch verb {
+	case "CAPA":
+		caps := []string{"+OK Capability list follows", "IMPLEMENTATION mailproxy"}
+		if ps.s.o.TLSConfig != nil && !ps.isTLS {
+			caps = append(caps, "STLS")
+		}
+		if !tlsNeeded {
+			caps = append(caps, "USER", "SASL PLAIN")
+		}
+		return ps.send("%s\r\n.", strings.Join(caps, "\r\n")) != nil
+	case "QUIT":
+		ps.send("+OK Bye")
+		return true
+	case "STLS":
+		return ps.startTLS()
+	case "USER", "PASS", "AUTH":
+		if tlsNeeded {
+			return ps.send("-ERR [AUTH] Log in after STLS") != nil
+		}
+	default:
+		return ps.send("-ERR %s is not valid before login: log in with USER/PASS or AUTH PLAIN", oneLine(verb)) != nil
+	}
+	switch verb {
+	case "USER":
+		if arg == "" {
+			return ps.send("-ERR USER takes a user name") != nil
+		}
+		ps.user = &arg
+		return ps.send("+OK Send PASS") != nil
+	case "PASS":
+		if ps.user == nil {
+			return ps.send("-ERR USER first") != nil
+		}
+		user := *ps.user
+		ps.user = nil
+		return ps.login(ctx, user, arg, act)
+	}
+	// AUTH
+	mech, ir, _ := strings.Cut(arg, " ")
+	switch {
+	case mech == "":
+		return ps.send("+OK\r\nPLAIN\r\n.") != nil
+	case !strings.EqualFold(mech, "PLAIN"):
+		return ps.send("-ERR Unsupported mechanism %s: use PLAIN or USER/PASS with the local password", oneLine(mech)) != nil
+	}
+	if ir == "" {
+		if ps.send("+ ") != nil {
+			return true
+		}
+		line, err := readBoundedLine(ps.r, maxPreauthLine)
+		if err != nil {
+			return true
+		}
+		if ir = string(line); ir == "*" {
+			return ps.send("-ERR AUTH cancelled") != nil
+		}
+	}
+	if ir == "=" {
+		ir = ""
+	}
+	user, pass, err := decodePlain(ir)
+	if err != nil {
+		return ps.send("-ERR %v", err) != nil
+	}
+	return ps.login(ctx, user, pass, act)
+}
+
+func (ps *pop3Session) startTLS() bool {
+	if ps.s.o.TLSConfig == nil || ps.isTLS {
+		return ps.send("-ERR STLS is not available here") != nil
+	}
+	if ps.send("+OK Begin TLS negotiation") != nil {
+		return true
+	}
+	// What the client sent before the handshake is dropped (see IMAP).
+	tc := tls.Server(ps.conn, ps.s.o.TLSConfig)
+	if err := tc.Handshake(); err != nil {
+		ps.s.log.Debug("local TLS handshake failed", "proto", "pop3", "remote", ps.remote, "err", err)
+		return true
+	}
+	ps.conn, ps.r, ps.isTLS = tc, bufio.NewReader(tc), true
+	return false
+}
+
+// login checks the local password, logs in upstream and then relays the
+// session until it ends.
+func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activity) bool {
+	log := ps.s.log.With("proto", "pop3", "remote", ps.remote, "user", user)
+	p, label, err := ps.s.users.Check(user, pass)
+	if err != nil {
+		ps.failures++
+		log.Warn("local login failed", "failures", ps.failures)
+		sleep(ctx, failureDelay)
+		if ps.send("-ERR [AUTH] Invalid user name or password") != nil || ps.failures >= maxLoginFailures {
+			return true
+		}
+		return false
+	}
+	log = log.With("profile", p.Name, "login", label)
+	lctx, cancel := context.WithTimeout(ctx, upstreamLoginTimeout)
+	start := time.Now()
+	up, err := p.Upstream.Login(lctx)
+	cancel()
+	act.touch()
+	if err != nil {
+		reply := pop3LoginFailure(err)
+		log.Warn("upstream login failed", "reply", reply, "err", err)
+		return ps.send("%s", reply) != nil
+	}
+	pending, _ := ps.r.Peek(ps.r.Buffered())
+	pending = bytes.Clone(pending)
+	if err := ps.send("+OK Logged in"); err != nil {
+		up.Close()
+		return true
+	}
+	ps.conn.SetDeadline(time.Time{})
+	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
+	toUp, toLocal := relay(ps.conn, up, pending, ps.s.o.IdleTimeout, act)
+	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
+	return true
+}
+
+func (ps *pop3Session) send(format string, args ...any) error {
+	_, err := fmt.Fprintf(ps.conn, format+"\r\n", args...)
+	return err
+}

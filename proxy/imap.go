@@ -233,7 +233,7 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 	if err != nil {
 		ss.failures++
 		log.Warn("local login failed", "failures", ss.failures)
-		sleep(ctx, failureDelay)
+		sleep(ctx, ss.s.failureDelay)
 		ss.send("%s NO [AUTHENTICATIONFAILED] Invalid user name or password", tag)
 		if ss.failures >= maxLoginFailures {
 			ss.send("* BYE Too many failed logins")

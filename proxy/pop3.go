@@ -187,7 +187,7 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 	if err != nil {
 		ps.failures++
 		log.Warn("local login failed", "failures", ps.failures)
-		sleep(ctx, failureDelay)
+		sleep(ctx, ps.s.failureDelay)
 		if ps.send("-ERR [AUTH] Invalid user name or password") != nil || ps.failures >= maxLoginFailures {
 			return true
 		}

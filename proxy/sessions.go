@@ -31,6 +31,8 @@ type sessions struct {
 	implicit bool
 	log      *slog.Logger
 	serve    func(ctx context.Context, c net.Conn, act *activity)
+	// failureDelay answers a failed local login (tests set it to zero).
+	failureDelay time.Duration
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -46,6 +48,7 @@ func (s *sessions) init() {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.live = map[net.Conn]*activity{}
+	s.failureDelay = failureDelay
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 }
 

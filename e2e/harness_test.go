@@ -37,6 +37,10 @@ import (
 const (
 	alice        = "alice@example.test"
 	bob          = "bob@example.test"
+	carol        = "carol@example.test"
+	dave         = "dave@example.test"
+	erin         = "erin@example.test"
+	frank        = "frank@example.test"
 	tenant       = "contoso.example"
 	msSecretApp  = "11111111-aaaa-4bbb-8ccc-000000000001"
 	msSecret     = "ms-client-secret-value"
@@ -445,17 +449,3 @@ func imapsPort() int { return portBase + 993 }
 func imapPort() int  { return portBase + 143 }
 func pop3sPort() int { return portBase + 995 }
 func pop3Port() int  { return portBase + 110 }
-
-// receivingProfile is a profile reading mailbox over IMAP (listen imapAddr)
-// and POP3 (listen pop3Addr), both upstreams on implicit TLS; an empty
-// address leaves that protocol out.
-func receivingProfile(name, imapAddr, pop3Addr, mailbox, creds string) string {
-	y := fmt.Sprintf("  %s:\n    mailbox: %s\n", name, mailbox)
-	if imapAddr != "" {
-		y += fmt.Sprintf("    imap:\n      listen: %s\n      upstream:\n        host: localhost:%d\n        tls: implicit\n        ca_file: %s\n", imapAddr, imapsPort(), env.ca)
-	}
-	if pop3Addr != "" {
-		y += fmt.Sprintf("    pop3:\n      listen: %s\n      upstream:\n        host: localhost:%d\n        tls: implicit\n        ca_file: %s\n", pop3Addr, pop3sPort(), env.ca)
-	}
-	return y + fmt.Sprintf("    local_users:\n      - name: reader\n        username: %s\n        password: %q\n    credentials:\n%s", localUser, localPass, creds)
-}

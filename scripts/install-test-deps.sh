@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, and the
-# real clients (swaks, curl, Python 3). Debian/Ubuntu, as root. Safe to run twice.
+# real clients (swaks, fetchmail, curl, Python 3). Debian/Ubuntu, as root. Safe to run twice.
 set -euo pipefail
 pkgs=()
 [ -x /usr/sbin/dovecot ] || pkgs+=(dovecot-core)
@@ -9,6 +9,7 @@ pkgs=()
 [ -x /usr/lib/dovecot/lmtp ] || pkgs+=(dovecot-lmtpd)
 [ -x /usr/sbin/postfix ] || pkgs+=(postfix)
 command -v swaks >/dev/null || pkgs+=(swaks)
+command -v fetchmail >/dev/null || pkgs+=(fetchmail)
 command -v curl >/dev/null || pkgs+=(curl)
 command -v openssl >/dev/null || pkgs+=(openssl)
 command -v ss >/dev/null || pkgs+=(iproute2)

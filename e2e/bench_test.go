@@ -116,7 +116,7 @@ func BenchmarkLargeMessagePeakRSS(b *testing.B) {
 	}
 }
 
-func peakRSS(b *testing.B, pid int) int {
+func peakRSS(b testing.TB, pid int) int {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)

@@ -237,7 +237,7 @@ func TestIMAPBadInputGetsClearErrors(t *testing.T) {
 		{"a4 AUTHENTICATE PLAIN !!!\r\n", "a4 BAD invalid base64"},
 		{"a5 LOGIN joe {4294967296}\r\n", "a5 BAD literal too large"},
 		{"a6 LOGIN joe\r\n", "a6 BAD LOGIN takes a user name and a password"},
-		{"\x00\x01\xff\xfe junk\r\n", "\x00\x01\xff\xfe BAD"},
+		{"\x00\x01\xff\xfe junk\r\n", "* BAD expected: tag"},
 		{"a7 STARTTLS\r\n", "a7 BAD STARTTLS is not available"},
 		{"a8 LOGIN joe wrong\r\n", "a8 NO [AUTHENTICATIONFAILED] Invalid user name or password"},
 		{"a9 LOGIN joe wrong\r\n", "a9 NO [AUTHENTICATIONFAILED]"},

@@ -148,13 +148,28 @@ func (ir *imapReader) read() (*imapCommand, error) {
 			cmd.args = append(cmd.args, tok)
 		}
 	}
-	if cmd.tag == "" || strings.ContainsAny(cmd.tag, `+(){"*%\`) {
+	if !validTag(cmd.tag) {
 		return nil, &errBad{"*", "expected: tag command [arguments]"}
 	}
 	if cmd.name == "" {
 		return nil, &errBad{cmd.tag, "expected a command after the tag"}
 	}
 	return cmd, nil
+}
+
+// validTag reports whether tag is 1*<ASTRING-CHAR except "+"> (RFC 3501
+// §9): printable ASCII without atom-specials. Anything else is never
+// echoed back.
+func validTag(tag string) bool {
+	if tag == "" {
+		return false
+	}
+	for i := 0; i < len(tag); i++ {
+		if c := tag[i]; c <= ' ' || c >= 0x7f || strings.IndexByte(`+(){%*"\`, c) >= 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // quoted decodes a quoted string at the start of p (RFC 3501: only \" and

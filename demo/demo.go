@@ -1,6 +1,7 @@
-// Package demo is the embedded default: an in-process token issuer and an
-// in-process upstream mail server that accepts only XOAUTH2, so mailproxy can
-// be tried on a fresh machine with no cloud account.
+// Package demo is the embedded default: an in-process token issuer and
+// in-process upstream SMTP, IMAP and POP3 servers that accept only XOAUTH2
+// and share one mailbox, so mailproxy can be tried on a fresh machine with
+// no cloud account: send a message, then read it back.
 //
 // It must never be mistaken for a real server: it listens on loopback only
 // and keeps mail in memory.
@@ -15,7 +16,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -31,24 +31,17 @@ const (
 	ClientSecret = "demo-client-secret"
 )
 
-// Message is one message the demo upstream accepted.
-type Message struct {
-	From     string
-	To       []string
-	Data     []byte
-	Received time.Time
-}
-
-// Env is a running demo: the issuer and the upstream.
+// Env is a running demo: the issuer and the upstreams.
 type Env struct {
 	IdP      *idp.Server
 	TokenURL string
 	SMTPAddr string
+	IMAPAddr string
+	POP3Addr string
 
-	log      *slog.Logger
-	mu       sync.Mutex
-	messages []Message
-	closers  []func()
+	log     *slog.Logger
+	mailbox *mailbox
+	closers []func()
 }
 
 // Start runs the issuer and the upstream on loopback ports until Close.
@@ -66,9 +59,20 @@ func Start(log *slog.Logger) (*Env, error) {
 	e.TokenURL = "http://" + hl.Addr().String() + "/token"
 	e.IdP.URL = "http://" + hl.Addr().String()
 
-	sl, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if e.mailbox, err = newMailbox(); err != nil {
 		e.Close()
+		return nil, err
+	}
+	listen := func() (net.Listener, error) {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			e.Close()
+		}
+		return l, err
+	}
+
+	sl, err := listen()
+	if err != nil {
 		return nil, err
 	}
 	srv := smtp.NewServer(smtp.BackendFunc(func(c *smtp.Conn) (smtp.Session, error) {
@@ -80,25 +84,44 @@ func Start(log *slog.Logger) (*Env, error) {
 	go srv.Serve(sl)
 	e.closers = append(e.closers, func() { srv.Close() })
 	e.SMTPAddr = sl.Addr().String()
+
+	il, err := listen()
+	if err != nil {
+		return nil, err
+	}
+	is := e.mailbox.imapServer(e.validate)
+	go is.Serve(il)
+	e.closers = append(e.closers, func() { is.Close() })
+	e.IMAPAddr = il.Addr().String()
+
+	pl, err := listen()
+	if err != nil {
+		return nil, err
+	}
+	go e.servePOP3(pl)
+	e.closers = append(e.closers, func() { pl.Close() })
+	e.POP3Addr = pl.Addr().String()
 	return e, nil
 }
 
-// Close stops both servers.
+// validate accepts a token the issuer gave for user.
+func (e *Env) validate(user, token string) error {
+	mailbox, ok := e.IdP.Validate(token)
+	if !ok || !strings.EqualFold(mailbox, user) {
+		return errors.New("invalid token")
+	}
+	return nil
+}
+
+// Close stops the servers.
 func (e *Env) Close() {
 	for _, c := range e.closers {
 		c()
 	}
 }
 
-// Messages returns what the upstream accepted so far.
-func (e *Env) Messages() []Message {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	return append([]Message(nil), e.messages...)
-}
-
 // Config is a mailproxy configuration that fronts this demo.
-func (e *Env) Config(smtpListen, localUser, localPassword string) string {
+func (e *Env) Config(smtpListen, imapListen, pop3Listen, localUser, localPassword string) string {
 	return fmt.Sprintf(`profiles:
   demo:
     mailbox: %s
@@ -108,6 +131,12 @@ func (e *Env) Config(smtpListen, localUser, localPassword string) string {
         host: %s
         tls: none
         mechanism: xoauth2
+    imap:
+      listen: %s
+      upstream: {host: %q, tls: none}
+    pop3:
+      listen: %s
+      upstream: {host: %q, tls: none}
     local_users:
       - name: demo-app
         username: %q
@@ -118,10 +147,11 @@ func (e *Env) Config(smtpListen, localUser, localPassword string) string {
       token_url: %s
       client_id: %s
       client_secret: %s
-`, Mailbox, smtpListen, e.SMTPAddr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
+`, Mailbox, smtpListen, e.SMTPAddr, imapListen, e.IMAPAddr, pop3Listen, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
 }
 
-// session is one upstream SMTP session; it requires AUTH XOAUTH2.
+// session is one upstream SMTP session; it requires AUTH XOAUTH2 and
+// delivers into the demo mailbox.
 type session struct {
 	env   *Env
 	user  string
@@ -135,14 +165,16 @@ func (s *session) Auth(mech string) (sasl.Server, error) {
 	if mech != "XOAUTH2" {
 		return nil, smtp.ErrAuthUnknownMechanism
 	}
-	return &xoauth2Server{check: func(user, token string) error {
-		mailbox, ok := s.env.IdP.Validate(token)
-		if !ok || !strings.EqualFold(mailbox, user) {
-			return errors.New("invalid token")
-		}
-		s.user = user
-		return nil
-	}}, nil
+	return &xoauth2Server{
+		check: func(user, token string) error {
+			if err := s.env.validate(user, token); err != nil {
+				return err
+			}
+			s.user = user
+			return nil
+		},
+		failure: &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Username and Password not accepted"},
+	}, nil
 }
 
 func (s *session) Mail(from string, _ *smtp.MailOptions) error {
@@ -164,9 +196,9 @@ func (s *session) Data(r io.Reader) error {
 		return err
 	}
 	e := s.env
-	e.mu.Lock()
-	e.messages = append(e.messages, Message{From: s.from, To: s.rcpts, Data: buf.Bytes(), Received: time.Now()})
-	e.mu.Unlock()
+	if err := e.mailbox.deliver(buf.Bytes()); err != nil {
+		return err
+	}
 	e.log.Info("demo upstream accepted a message", "authenticated_as", s.user, "mechanism", "XOAUTH2",
 		"from", s.from, "to", strings.Join(s.rcpts, ","), "bytes", buf.Len())
 	return nil
@@ -179,18 +211,28 @@ func (s *session) Logout() error { return nil }
 // answers as Google does: a JSON challenge, then failure after the client's
 // empty response.
 type xoauth2Server struct {
-	check  func(user, token string) error
-	failed bool
+	check   func(user, token string) error
+	failure error
+	failed  bool
 }
 
 func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 	if x.failed {
-		return nil, true, &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Username and Password not accepted"}
+		return nil, true, x.failure
 	}
 	if resp == nil {
 		return []byte{}, false, nil
 	}
-	var user, token string
+	user, token := parseXOAUTH2(resp)
+	if err := x.check(user, token); err != nil {
+		x.failed = true
+		return []byte(`{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`), false, nil
+	}
+	return nil, true, nil
+}
+
+// parseXOAUTH2 splits "user=U^Aauth=Bearer T^A^A".
+func parseXOAUTH2(resp []byte) (user, token string) {
 	for _, kv := range strings.Split(string(resp), "\x01") {
 		if v, ok := strings.CutPrefix(kv, "user="); ok {
 			user = v
@@ -199,9 +241,5 @@ func (x *xoauth2Server) Next(resp []byte) ([]byte, bool, error) {
 			token = v
 		}
 	}
-	if err := x.check(user, token); err != nil {
-		x.failed = true
-		return []byte(`{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`), false, nil
-	}
-	return nil, true, nil
+	return user, token
 }

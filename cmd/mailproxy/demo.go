@@ -10,12 +10,14 @@ import (
 	"mailproxy/demo"
 )
 
-// cmdDemo runs mailproxy in front of an in-process token issuer and an
-// in-process upstream that accepts only XOAUTH2: the whole flow, no cloud
-// account needed.
+// cmdDemo runs mailproxy in front of an in-process token issuer and
+// in-process SMTP, IMAP and POP3 upstreams that accept only XOAUTH2: the
+// whole flow, no cloud account needed.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	smtpAddr := fs.String("smtp", "127.0.0.1:2525", "local SMTP listener")
+	imapAddr := fs.String("imap", "127.0.0.1:1143", "local IMAP listener")
+	pop3Addr := fs.String("pop3", "127.0.0.1:1110", "local POP3 listener")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errUsage
 	}
@@ -25,19 +27,22 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer env.Close()
-	cfg, err := config.Parse([]byte(env.Config(*smtpAddr, "demo", "demo")))
+	cfg, err := config.Parse([]byte(env.Config(*smtpAddr, *imapAddr, *pop3Addr, "demo", "demo")))
 	if err != nil {
 		return fmt.Errorf("demo config: %w", err)
 	}
 	fmt.Fprintf(stdout, `mailproxy demo: everything below runs in this process; no cloud account is needed.
-  token issuer   %s (OAuth 2.0 client credentials)
-  upstream SMTP  %s (accepts only AUTH XOAUTH2, keeps mail in memory)
-  mailproxy SMTP %s (local login demo / demo)
+  token issuer        %s (OAuth 2.0 client credentials)
+  upstream SMTP/IMAP/POP3  %s, %s, %s (accept only XOAUTH2; one mailbox in memory)
+  mailproxy SMTP %s, IMAP %s, POP3 %s (local login demo / demo)
 
 Send a message through mailproxy:
   printf 'Subject: hello\r\n\r\nHello through mailproxy\r\n' | curl -sS smtp://%s --user demo:demo --mail-from app@example.com --mail-rcpt you@example.com -T -
+Read it back over IMAP, then over POP3:
+  curl -sS 'imap://%s/INBOX;UID=1' --user demo:demo
+  curl -sS pop3://%s/1 --user demo:demo
 
 Stop with Ctrl-C.
-`, env.TokenURL, env.SMTPAddr, *smtpAddr, *smtpAddr)
+`, env.TokenURL, env.SMTPAddr, env.IMAPAddr, env.POP3Addr, *smtpAddr, *imapAddr, *pop3Addr, *smtpAddr, *imapAddr, *pop3Addr)
 	return serve(ctx, cfg, log)
 }

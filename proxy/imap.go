@@ -255,6 +255,7 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 	// Commands the client pipelined after its login go upstream first.
 	pending, _ := ss.r.Peek(ss.r.Buffered())
 	pending = bytes.Clone(pending)
+	ss.r = nil // an idle session keeps no pre-login buffer
 	if err := ss.send("%s OK [CAPABILITY %s] Logged in", tag, strings.Join(clientCapabilities(caps), " ")); err != nil {
 		up.Close()
 		return true

@@ -206,6 +206,7 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 	}
 	pending, _ := ps.r.Peek(ps.r.Buffered())
 	pending = bytes.Clone(pending)
+	ps.r = nil // an idle session keeps no pre-login buffer
 	if err := ps.send("+OK Logged in"); err != nil {
 		up.Close()
 		return true

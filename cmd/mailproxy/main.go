@@ -1,5 +1,6 @@
-// Command mailproxy lets apps that speak plain SMTP with a password keep
-// sending mail to servers that accept only OAuth 2.0.
+// Command mailproxy lets apps that speak plain SMTP, IMAP or POP3 with a
+// password keep sending and reading mail on servers that accept only
+// OAuth 2.0.
 //
 // This package only parses the command line and wires the other packages.
 package main
@@ -20,13 +21,15 @@ import (
 // version is set at build time with -ldflags "-X main.version=...".
 var version = "dev"
 
-const usage = `mailproxy — a local SMTP proxy that logs in upstream with OAuth 2.0
+const usage = `mailproxy — a local SMTP, IMAP and POP3 proxy that logs in upstream with OAuth 2.0
 
 Usage:
-  mailproxy demo [-smtp ADDR]                 run everything in-process, no cloud account needed
+  mailproxy demo [-smtp ADDR] [-imap ADDR] [-pop3 ADDR]
+                                              run everything in-process, no cloud account needed
   mailproxy serve [-config FILE]              run the profiles in FILE
   mailproxy check [-config FILE] [-send-to ADDR] PROFILE
-                                              get a token, log in upstream, optionally send a test message
+                                              get a token, log in to each upstream (SMTP, IMAP: SELECT
+                                              INBOX, POP3: STAT), optionally send a test message
   mailproxy config validate [-config FILE]    check FILE and list every problem
   mailproxy key generate                      print a new token store key
   mailproxy version

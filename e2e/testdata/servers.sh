@@ -93,7 +93,7 @@ chmod 644 "$TLS"/*.pem; chmod 600 "$TLS"/*.key
 log "tls ok"
 
 # --------------------------------------------------------- 4. users
-USERS="alice bob sink carol dave erin frank"
+USERS="alice bob sink carol dave erin frank bulk"
 
 # ----------------------------------------------------------------- 5. dovecot
 : >"$DIR/dovecot/users"
@@ -159,6 +159,9 @@ userdb {
   default_fields = home=$DIR/mail/%d/%n
 }
 
+# Room for the benchmarks (1,000 concurrent logins, 10,000 IDLE sessions):
+# Dovecot's high-performance login mode and several sessions per imap
+# process, instead of one process per connection.
 service imap-login {
   inet_listener imap {
     port = $P_IMAP
@@ -167,6 +170,16 @@ service imap-login {
     port = $P_IMAPS
     ssl = yes
   }
+  service_count = 0
+  process_min_avail = 2
+  process_limit = 8
+  client_limit = 2500
+}
+service imap {
+  service_count = 0
+  process_min_avail = 4
+  client_limit = 200
+  process_limit = 200
 }
 service pop3-login {
   inet_listener pop3 {
@@ -198,6 +211,10 @@ service anvil {
 }
 protocol pop3 {
   pop3_uidl_format = %08Xu%08Xv
+  mail_max_userip_connections = 1000
+}
+protocol imap {
+  mail_max_userip_connections = 20000
 }
 protocol lmtp {
   postmaster_address = postmaster@$DOMAIN
@@ -316,6 +333,7 @@ log "configs written"
 
 # ------------------------------------------------------------------- 7. start
 # Daemons must not keep our stdout/stderr open (callers reading our output would never see EOF).
+ulimit -n "$(ulimit -Hn)"
 /usr/sbin/dovecot -c "$DIR/dovecot/dovecot.conf" </dev/null >>"$DIR/logs/dovecot.stderr" 2>&1 ||
   { cat "$DIR/logs/dovecot.stderr" >&2; die "dovecot failed to start"; }
 log "dovecot started"

@@ -52,16 +52,13 @@ type IMAPServer struct {
 
 // NewIMAPServer builds a listener for profiles; the login picks the profile.
 func NewIMAPServer(profiles []IMAPProfile, o MailboxOptions) *IMAPServer {
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = DefaultIdleTimeout
-	}
 	s := &IMAPServer{o: o, users: NewUsers[*IMAPProfile]()}
 	for i := range profiles {
 		for _, u := range profiles[i].Users {
 			s.users.Add(u, &profiles[i])
 		}
 	}
-	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve}
+	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
 	s.sessions.init()
 	return s
 }
@@ -252,18 +249,13 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 		log.Warn("upstream login failed", "code", code, "err", err)
 		return ss.send("%s NO [%s] %s", tag, code, oneLine(text)) != nil
 	}
-	// Commands the client pipelined after its login go upstream first.
-	pending, _ := ss.r.Peek(ss.r.Buffered())
-	pending = bytes.Clone(pending)
-	ss.r = nil // an idle session keeps no pre-login buffer
 	if err := ss.send("%s OK [CAPABILITY %s] Logged in", tag, strings.Join(clientCapabilities(caps), " ")); err != nil {
 		up.Close()
 		return true
 	}
-	ss.conn.SetDeadline(time.Time{})
-	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
-	toUp, toLocal := relay(ss.conn, up, pending, ss.s.o.IdleTimeout, act)
-	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
+	r := ss.r
+	ss.r = nil
+	ss.s.relayLoggedIn(ss.conn, r, up, act, log, start)
 	return true
 }
 

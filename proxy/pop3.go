@@ -2,7 +2,6 @@ package proxy
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -37,16 +36,13 @@ type POP3Server struct {
 
 // NewPOP3Server builds a listener for profiles; the login picks the profile.
 func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
-	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = DefaultIdleTimeout
-	}
 	s := &POP3Server{o: o, users: NewUsers[*POP3Profile]()}
 	for i := range profiles {
 		for _, u := range profiles[i].Users {
 			s.users.Add(u, &profiles[i])
 		}
 	}
-	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve}
+	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
 	s.sessions.init()
 	return s
 }
@@ -204,17 +200,13 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 		log.Warn("upstream login failed", "reply", reply, "err", err)
 		return ps.send("%s", reply) != nil
 	}
-	pending, _ := ps.r.Peek(ps.r.Buffered())
-	pending = bytes.Clone(pending)
-	ps.r = nil // an idle session keeps no pre-login buffer
 	if err := ps.send("+OK Logged in"); err != nil {
 		up.Close()
 		return true
 	}
-	ps.conn.SetDeadline(time.Time{})
-	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
-	toUp, toLocal := relay(ps.conn, up, pending, ps.s.o.IdleTimeout, act)
-	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
+	r := ps.r
+	ps.r = nil
+	ps.s.relayLoggedIn(ps.conn, r, up, act, log, start)
 	return true
 }
 

@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -33,6 +35,7 @@ type sessions struct {
 	serve    func(ctx context.Context, c net.Conn, act *activity)
 	// failureDelay answers a failed local login (tests set it to zero).
 	failureDelay time.Duration
+	idleTimeout  time.Duration
 
 	mu        sync.Mutex
 	listeners []net.Listener
@@ -44,6 +47,9 @@ type sessions struct {
 }
 
 func (s *sessions) init() {
+	if s.idleTimeout <= 0 {
+		s.idleTimeout = DefaultIdleTimeout
+	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -137,6 +143,19 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 		case <-tick.C:
 		}
 	}
+}
+
+// relayLoggedIn runs a session whose login the client has been told
+// succeeded: the bytes r already holds go upstream first, then every byte
+// is relayed until the session ends. The caller drops its own reference to
+// r first, so an idle session keeps no pre-login buffer.
+func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, up net.Conn, act *activity, log *slog.Logger, start time.Time) {
+	pending, _ := r.Peek(r.Buffered())
+	pending = bytes.Clone(pending)
+	conn.SetDeadline(time.Time{})
+	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
+	toUp, toLocal := relay(conn, up, pending, s.idleTimeout, act)
+	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
 }
 
 // closeIdle closes sessions quiet for at least d.

@@ -116,13 +116,17 @@ func BenchmarkLargeMessagePeakRSS(b *testing.B) {
 	}
 }
 
-func peakRSS(b testing.TB, pid int) int {
+// peakRSS is the process's peak resident set (high-water mark) in kB.
+func peakRSS(b testing.TB, pid int) int { return procStatusKB(b, pid, "VmHWM") }
+
+// procStatusKB reads a kB field of /proc/PID/status.
+func procStatusKB(b testing.TB, pid int, field string) int {
 	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		b.Fatal(err)
 	}
 	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmHWM:"); ok {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
 			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
 			return kb
 		}

@@ -307,19 +307,7 @@ func BenchmarkIMAPIdleSessionsRSS(b *testing.B) {
 }
 
 // rss is the process's resident set in kB.
-func rss(b testing.TB, pid int) int {
-	status, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
-	if err != nil {
-		b.Fatal(err)
-	}
-	for _, line := range strings.Split(string(status), "\n") {
-		if v, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			kb, _ := strconv.Atoi(strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(v), "kB")))
-			return kb
-		}
-	}
-	return 0
-}
+func rss(b testing.TB, pid int) int { return procStatusKB(b, pid, "VmRSS") }
 
 func median(xs []float64) float64 {
 	s := slices.Clone(xs)

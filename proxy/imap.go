@@ -52,12 +52,7 @@ type IMAPServer struct {
 
 // NewIMAPServer builds a listener for profiles; the login picks the profile.
 func NewIMAPServer(profiles []IMAPProfile, o MailboxOptions) *IMAPServer {
-	s := &IMAPServer{o: o, users: NewUsers[*IMAPProfile]()}
-	for i := range profiles {
-		for _, u := range profiles[i].Users {
-			s.users.Add(u, &profiles[i])
-		}
-	}
+	s := &IMAPServer{o: o, users: profileUsers(profiles, func(p *IMAPProfile) []LocalUser { return p.Users })}
 	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
 	s.sessions.init()
 	return s

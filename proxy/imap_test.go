@@ -87,6 +87,21 @@ func (f *fakeIMAPUpstream) Login(context.Context) (net.Conn, []string, error) {
 	return a, f.caps, nil
 }
 
+// serveLocal serves s on a loopback port until the test ends.
+func serveLocal(t *testing.T, s *sessions) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Serve(l)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		s.Shutdown(ctx)
+	})
+	return l.Addr().String()
+}
+
 // client is a test's line-oriented view of a local session.
 type client struct {
 	t *testing.T
@@ -129,18 +144,9 @@ func (c *client) expect(prefix string) string {
 func startIMAP(t *testing.T, up IMAPUpstream, o MailboxOptions) (*IMAPServer, func() *client) {
 	s := NewIMAPServer([]IMAPProfile{{Name: "p", Upstream: up, Users: []LocalUser{{Name: "app", Username: "joe", Password: `pa ss"w\d`}}}}, o)
 	s.failureDelay = 0
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
+	addr := serveLocal(t, &s.sessions)
 	return s, func() *client {
-		c, err := net.Dial("tcp", l.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -57,3 +57,14 @@ func (t *Users[P]) Check(username, password string) (P, string, error) {
 
 // Len is the number of logins.
 func (t *Users[P]) Len() int { return len(t.byName) }
+
+// profileUsers builds the login table of a listener's profiles.
+func profileUsers[P any](profiles []P, users func(*P) []LocalUser) *Users[*P] {
+	t := NewUsers[*P]()
+	for i := range profiles {
+		for _, u := range users(&profiles[i]) {
+			t.Add(u, &profiles[i])
+		}
+	}
+	return t
+}

@@ -36,12 +36,7 @@ type POP3Server struct {
 
 // NewPOP3Server builds a listener for profiles; the login picks the profile.
 func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
-	s := &POP3Server{o: o, users: NewUsers[*POP3Profile]()}
-	for i := range profiles {
-		for _, u := range profiles[i].Users {
-			s.users.Add(u, &profiles[i])
-		}
-	}
+	s := &POP3Server{o: o, users: profileUsers(profiles, func(p *POP3Profile) []LocalUser { return p.Users })}
 	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
 	s.sessions.init()
 	return s

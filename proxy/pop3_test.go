@@ -31,18 +31,9 @@ func (f *fakePOP3Upstream) Login(context.Context) (net.Conn, error) {
 func startPOP3(t *testing.T, up POP3Upstream) func() *client {
 	s := NewPOP3Server([]POP3Profile{{Name: "p", Upstream: up, Users: []LocalUser{{Username: "joe", Password: "pä ss"}}}}, MailboxOptions{})
 	s.failureDelay = 0
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
+	addr := serveLocal(t, &s.sessions)
 	return func() *client {
-		c, err := net.Dial("tcp", l.Addr().String())
+		c, err := net.Dial("tcp", addr)
 		if err != nil {
 			t.Fatal(err)
 		}

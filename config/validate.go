@@ -41,8 +41,17 @@ func (c *Config) applyDefaults() {
 			if cr.Authority == "" {
 				cr.Authority = DefaultMicrosoftAuthority
 			}
+			if cr.App == "" {
+				cr.App = AppConfidential
+			}
 			if len(cr.Scopes) == 0 {
 				cr.Scopes = []string{DefaultMicrosoftScope}
+				if cr.App == AppPublic {
+					cr.Scopes = DefaultMicrosoftDelegatedScopes
+				}
+			}
+			if cr.App == AppPublic && cr.RedirectURL == "" {
+				cr.RedirectURL = "http://localhost"
 			}
 		case CredGoogleServiceAccount:
 			if len(cr.Scopes) == 0 {
@@ -52,11 +61,19 @@ func (c *Config) applyDefaults() {
 				cr.Impersonate = p.Mailbox
 			}
 		case CredOAuth2:
+			cr.applyProvider()
 			if cr.Grant == "" {
 				cr.Grant = GrantClientCredentials
-				if cr.RefreshToken.IsSet() {
+				if cr.RefreshToken.IsSet() || cr.AuthorizeURL != "" || cr.DeviceURL != "" {
 					cr.Grant = GrantRefreshToken
 				}
+			}
+			if cr.PKCE == nil {
+				yes := true
+				cr.PKCE = &yes
+			}
+			if cr.RedirectURL == "" {
+				cr.RedirectURL = "http://localhost"
 			}
 		case CredBasic:
 			if cr.Username == "" {
@@ -68,7 +85,7 @@ func (c *Config) applyDefaults() {
 				p.LocalUsers[i].Name = p.LocalUsers[i].Username
 			}
 		}
-		if cr.Type == CredOAuth2 && cr.Account == "" {
+		if (cr.Type == CredOAuth2 || cr.Type == CredMicrosoft365) && cr.Account == "" {
 			cr.Account = p.Mailbox
 		}
 		basic := cr.Type == CredBasic
@@ -343,6 +360,19 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 	case CredMicrosoft365:
 		req("tenant_id", cr.TenantID, "the directory (tenant) ID or domain from the Entra app registration")
 		req("client_id", cr.ClientID, "the application (client) ID")
+		if cr.App == AppPublic {
+			req("account", cr.Account, "the account a person signs in with (defaults to mailbox)")
+			if cr.ClientSecret.IsSet() || cr.CertificateFile != "" {
+				ps.add(at+".app", "a public app has no client secret or certificate: remove them, or use app: confidential")
+			}
+			if c.TokenStore == nil {
+				ps.add("token_store", "required for microsoft365 app: public: the signed-in accounts are kept there")
+			}
+			break
+		}
+		if cr.App != AppConfidential {
+			ps.add(at+".app", "%q is not one of confidential, public", cr.App)
+		}
 		switch {
 		case cr.ClientSecret.IsSet() && cr.CertificateFile != "":
 			ps.add(at, "give client_secret or certificate_file, not both")
@@ -362,6 +392,11 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 		}
 		req("impersonate", cr.Impersonate, "the Workspace user to act as (defaults to mailbox)")
 	case CredOAuth2:
+		switch cr.Provider {
+		case "", ProviderMicrosoft, ProviderGoogle:
+		default:
+			ps.add(at+".provider", "%q is not one of microsoft, google: give authorize_url, token_url and scopes instead", cr.Provider)
+		}
 		req("token_url", cr.TokenURL, "the provider's token endpoint")
 		req("client_id", cr.ClientID, "the OAuth client ID")
 		switch cr.Grant {
@@ -370,11 +405,14 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 		case GrantRefreshToken:
 			c.secret(ps, at+".client_secret", &cr.ClientSecret, false)
 			c.secret(ps, at+".refresh_token", &cr.RefreshToken, false)
-			if !cr.RefreshToken.IsSet() && c.TokenStore == nil {
-				ps.add(at+".refresh_token", "required for grant refresh_token (or a token_store that holds one)")
-			}
 			if c.TokenStore == nil {
-				ps.add("token_store", "required for grant refresh_token: rotated refresh tokens are kept there")
+				ps.add("token_store", "required for grant refresh_token: signed-in accounts and rotated refresh tokens are kept there")
+			}
+			req("account", cr.Account, "who signs in (defaults to mailbox)")
+			for _, u := range []struct{ key, v string }{{"authorize_url", cr.AuthorizeURL}, {"device_url", cr.DeviceURL}, {"token_url", cr.TokenURL}} {
+				if strings.Contains(u.v, "{tenant}") && cr.TenantID == "" {
+					ps.add(at+".tenant_id", "required: %s has a {tenant} placeholder", u.key)
+				}
 			}
 		default:
 			ps.add(at+".grant", "%q is not one of client_credentials, refresh_token", cr.Grant)

@@ -72,12 +72,20 @@ type Server struct {
 	RotateRefresh bool
 	// URL is the HTTPS base URL, used as the Google token audience.
 	URL string
+	// DeviceInterval is the device code polling interval it asks for
+	// (default 5 s); DeviceTTL how long a device code lives (default 15 min).
+	DeviceInterval time.Duration
+	DeviceTTL      time.Duration
 
 	mu        sync.Mutex
 	apps      map[string]MicrosoftApp // tenant/clientID
 	sas       map[string]ServiceAccount
 	clients   map[string]Client
-	refresh   map[string]string // refresh token -> mailbox
+	refresh   map[string]refreshGrant
+	public    map[string]PublicApp
+	users     map[string]string // mailbox -> password
+	codes     map[string]*authCode
+	devices   map[string]*deviceGrant
 	access    map[string]issued
 	faults    []int // status codes for the next token requests
 	down      bool
@@ -86,6 +94,7 @@ type Server struct {
 
 	tokenRequests  atomic.Int64
 	introspections atomic.Int64
+	devicePolls    atomic.Int64
 }
 
 type issued struct {
@@ -100,8 +109,12 @@ func New() *Server {
 		apps:    map[string]MicrosoftApp{},
 		sas:     map[string]ServiceAccount{},
 		clients: map[string]Client{},
-		refresh: map[string]string{},
+		refresh: map[string]refreshGrant{},
 		access:  map[string]issued{},
+		public:  map[string]PublicApp{},
+		users:   map[string]string{},
+		codes:   map[string]*authCode{},
+		devices: map[string]*deviceGrant{},
 	}
 }
 
@@ -130,7 +143,7 @@ func (s *Server) AddClient(c Client) {
 func (s *Server) AddRefreshToken(rt, mailbox string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.refresh[rt] = mailbox
+	s.refresh[rt] = refreshGrant{mailbox: mailbox}
 }
 
 // IssueToken mints an access token for mailbox directly.
@@ -209,6 +222,16 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		s.introspect(w, r)
 	case strings.HasSuffix(path, "/v2.0/.well-known/openid-configuration"):
 		s.discovery(w, r)
+	case strings.HasSuffix(path, "/oauth2/v2.0/authorize"):
+		s.authorize(w, r, strings.Trim(strings.TrimSuffix(path, "/oauth2/v2.0/authorize"), "/"))
+	case path == "/authorize":
+		s.authorize(w, r, "")
+	case strings.HasSuffix(path, "/oauth2/v2.0/devicecode") && r.Method == http.MethodPost:
+		s.deviceCode(w, r, true)
+	case path == "/device" && r.Method == http.MethodPost:
+		s.deviceCode(w, r, false)
+	case path == "/devicelogin":
+		s.deviceLogin(w, r)
 	case strings.HasSuffix(path, "/oauth2/v2.0/token") && r.Method == http.MethodPost:
 		if s.fault(w) {
 			return
@@ -291,7 +314,7 @@ func (s *Server) microsoftToken(w http.ResponseWriter, r *http.Request, tenant s
 	}
 	f := r.PostForm
 	if f.Get("grant_type") != "client_credentials" {
-		aadError(w, 400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
+		s.delegatedToken(w, r, true)
 		return
 	}
 	clientID, secret := f.Get("client_id"), f.Get("client_secret")
@@ -381,30 +404,8 @@ func (s *Server) genericToken(w http.ResponseWriter, r *http.Request) {
 		tok := s.mint(c.Mailbox, s.TTL)
 		s.mu.Unlock()
 		writeJSON(w, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(s.TTL / time.Second)})
-	case "refresh_token":
-		s.mu.Lock()
-		c, ok := s.clients[clientID]
-		s.mu.Unlock()
-		if !ok || (c.Secret != "" && c.Secret != secret) {
-			oauthError(w, 401, "invalid_client", "Client authentication failed.")
-			return
-		}
-		rt := f.Get("refresh_token")
-		s.mu.Lock()
-		defer s.mu.Unlock()
-		mailbox, ok := s.refresh[rt]
-		if !ok {
-			oauthError(w, 400, "invalid_grant", "The refresh token is invalid, expired or revoked.")
-			return
-		}
-		resp := map[string]any{"access_token": s.mint(mailbox, s.TTL), "token_type": "Bearer", "expires_in": int(s.TTL / time.Second)}
-		if s.RotateRefresh {
-			delete(s.refresh, rt)
-			next := "rt-" + randomString(24)
-			s.refresh[next] = mailbox
-			resp["refresh_token"] = next
-		}
-		writeJSON(w, 200, resp)
+	case "refresh_token", "authorization_code", "urn:ietf:params:oauth:grant-type:device_code":
+		s.delegatedToken(w, r, false)
 	default:
 		oauthError(w, 400, "unsupported_grant_type", "Invalid grant_type: "+f.Get("grant_type"))
 	}

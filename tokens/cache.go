@@ -42,12 +42,17 @@ type Error struct {
 	Profile     string
 	Err         error
 	NeedsSignIn bool
+	// Fix is what a person should do when NeedsSignIn is set.
+	Fix string
 }
 
 func (e *Error) Error() string {
 	hint := "retrying"
 	if e.NeedsSignIn {
-		hint = "fix the credential (see mailproxy check " + e.Profile + ")"
+		hint = e.Fix
+		if hint == "" {
+			hint = "fix the credential (see mailproxy check " + e.Profile + ")"
+		}
 	}
 	return fmt.Sprintf("profile %q: token: %v (%s)", e.Profile, e.Err, hint)
 }
@@ -93,6 +98,12 @@ type CacheOptions struct {
 	FetchTimeout time.Duration
 	// MaxBackoff caps the wait between failed background refreshes (default 5 min).
 	MaxBackoff time.Duration
+	// Fix tells a person what to do when the credential needs them, e.g.
+	// "run mailproxy token add crm" (default: fix the credential).
+	Fix string
+	// OnNeedsSignIn is called once each time the credential starts needing
+	// a person (a refused or revoked grant), not on every failed request.
+	OnNeedsSignIn func(*Error)
 }
 
 // Cache is a Source that keeps the current token in memory, makes
@@ -168,11 +179,19 @@ func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if err != nil {
-		e := &Error{Profile: c.profile, Err: err, NeedsSignIn: needsSignIn(err)}
+		e := &Error{Profile: c.profile, Err: err, NeedsSignIn: needsSignIn(err), Fix: c.opts.Fix}
 		c.state.LastError = e.Error()
+		became := e.NeedsSignIn && !c.state.NeedsSignIn
 		c.state.NeedsSignIn = e.NeedsSignIn
 		c.state.Failures++
-		c.opts.Logger.Warn("token request failed", "profile", c.profile, "err", err, "needs_sign_in", e.NeedsSignIn)
+		if became {
+			c.opts.Logger.Error("a person must sign in again", "event", "needs_sign_in", "profile", c.profile, "err", err, "fix", e.Fix)
+			if c.opts.OnNeedsSignIn != nil {
+				go c.opts.OnNeedsSignIn(e)
+			}
+		} else {
+			c.opts.Logger.Warn("token request failed", "profile", c.profile, "err", err, "needs_sign_in", e.NeedsSignIn)
+		}
 		return nil, e
 	}
 	c.tok = tok
@@ -197,6 +216,17 @@ func (c *Cache) Invalidate(tok *oauth2.Token) {
 	if c.tok != nil && tok != nil && c.tok.AccessToken == tok.AccessToken {
 		c.tok = nil
 		c.state.ValidUntil = time.Time{}
+	}
+}
+
+// Renew drops the cached token and wakes Run, after a person signed in again.
+func (c *Cache) Renew() {
+	c.mu.Lock()
+	c.tok = nil
+	c.mu.Unlock()
+	select {
+	case c.kick <- struct{}{}:
+	default:
 	}
 }
 

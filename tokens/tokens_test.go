@@ -242,57 +242,6 @@ func TestGoogleServiceAccountJSONAndP12(t *testing.T) {
 	}
 }
 
-func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
-	s, url, hc := fakeIdP(t)
-	s.RotateRefresh = true
-	s.AddClient(idp.Client{ID: "pub"})
-	s.AddRefreshToken("rt-0", "a@x")
-	path := filepath.Join(t.TempDir(), "tokens.enc")
-	key, _ := ParseKey(NewKey())
-	for i := range 3 { // three "process starts"
-		st, err := OpenStore(path, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		f := NewRefreshGrant(RefreshGrant{TokenURL: url + "/token", ClientID: "pub", Account: "pub/a@x", Initial: "rt-0", Store: st, HTTPClient: hc})
-		if _, err := f.Fetch(context.Background()); err != nil {
-			t.Fatalf("start %d: %v", i, err)
-		}
-		e, _ := st.Get("pub/a@x")
-		if e.RefreshToken == "" || e.RefreshToken == "rt-0" {
-			t.Fatalf("start %d: rotated refresh token not stored", i)
-		}
-	}
-	raw, _ := os.ReadFile(path)
-	if strings.Contains(string(raw), "rt-") {
-		t.Fatal("token store holds a refresh token in clear text")
-	}
-	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
-		t.Fatalf("token store mode %v, want 0600", fi.Mode().Perm())
-	}
-}
-
-func TestStoreRejectsWrongKeyAndTruncation(t *testing.T) {
-	path := filepath.Join(t.TempDir(), "tokens.enc")
-	key, _ := ParseKey(NewKey())
-	st, _ := OpenStore(path, key)
-	if err := st.Put("a", Entry{RefreshToken: "secret-rt"}); err != nil {
-		t.Fatal(err)
-	}
-	other, _ := ParseKey(NewKey())
-	if _, err := OpenStore(path, other); err == nil || !strings.Contains(err.Error(), "wrong key") {
-		t.Fatalf("wrong key: %v", err)
-	}
-	raw, _ := os.ReadFile(path)
-	os.WriteFile(path, raw[:len(raw)-5], 0o600)
-	if _, err := OpenStore(path, key); err == nil {
-		t.Fatal("truncated store opened")
-	}
-	if _, err := ParseKey("c2hvcnQ="); err == nil {
-		t.Fatal("short key accepted")
-	}
-}
-
 func BenchmarkCachedToken(b *testing.B) {
 	c := NewCache("p", FetcherFunc(func(context.Context) (*oauth2.Token, error) {
 		return &oauth2.Token{AccessToken: "t", Expiry: time.Now().Add(time.Hour)}, nil

@@ -27,6 +27,10 @@ type app struct {
 	log    *slog.Logger
 	store  *tokens.Store
 	caches map[string]*tokens.Cache // by profile; profiles with equal credentials share one
+	// delegated are the credentials a person signs in to, by profile.
+	delegated map[string]tokens.Delegated
+	// onNeedsSignIn is told when a credential starts needing a person.
+	onNeedsSignIn func(*tokens.Error)
 	smtp   map[string]*upstream.SMTP
 	imap   map[string]*upstream.IMAP
 	pop3   map[string]*upstream.POP3
@@ -35,8 +39,8 @@ type app struct {
 // build turns the configuration into token caches and upstreams. It opens no
 // listener and makes no network call.
 func build(cfg *config.Config, log *slog.Logger) (*app, error) {
-	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, smtp: map[string]*upstream.SMTP{},
-		imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
+	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, delegated: map[string]tokens.Delegated{},
+		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
 	if ts := cfg.TokenStore; ts != nil {
 		key, err := tokens.ParseKey(ts.Key.Value())
 		if err != nil {
@@ -47,21 +51,37 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 		}
 	}
 	hc := &http.Client{Timeout: 30 * time.Second}
-	shared := map[string]*tokens.Cache{}
+	type sharedCred struct {
+		cache *tokens.Cache
+		d     tokens.Delegated
+	}
+	shared := map[string]sharedCred{}
 	for _, name := range cfg.ProfileNames() {
 		p := cfg.Profiles[name]
 		if p.Credentials.UsesTokens() {
 			key := credentialKey(p)
-			c, ok := shared[key]
+			sc, ok := shared[key]
 			if !ok {
 				f, err := a.fetcher(p, hc)
 				if err != nil {
 					return nil, fmt.Errorf("profile %q: credentials: %w", name, err)
 				}
-				c = tokens.NewCache(name, f, tokens.CacheOptions{Logger: log})
-				shared[key] = c
+				opts := tokens.CacheOptions{Logger: log, OnNeedsSignIn: func(e *tokens.Error) {
+					if a.onNeedsSignIn != nil {
+						a.onNeedsSignIn(e)
+					}
+				}}
+				if d, ok := f.(tokens.Delegated); ok {
+					sc.d = d
+					opts.Fix = "a person must sign in: run mailproxy token add " + name
+				}
+				sc.cache = tokens.NewCache(name, f, opts)
+				shared[key] = sc
 			}
-			a.caches[name] = c
+			a.caches[name] = sc.cache
+			if sc.d != nil {
+				a.delegated[name] = sc.d
+			}
 		}
 		if s := p.SMTP; s != nil {
 			up, err := a.smtpUpstream(p)
@@ -92,23 +112,25 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 // share a token cache (and so one token request).
 func credentialKey(p *config.Profile) string {
 	c := p.Credentials
-	return strings.Join([]string{c.Type, c.Authority, c.TenantID, c.ClientID, c.CertificateFile,
-		c.KeyFile, c.ServiceAccount, c.Impersonate, c.TokenURL, c.Grant,
-		strings.Join(c.Scopes, " "), refreshAccount(p)}, "\x00")
-}
-
-// refreshAccount names a refresh-token credential in the token store.
-func refreshAccount(p *config.Profile) string {
-	if p.Credentials.Grant != config.GrantRefreshToken {
-		return ""
+	account := ""
+	if c.Delegated() {
+		account = c.Account
 	}
-	return p.Credentials.ClientID + "/" + p.Credentials.Account
+	return strings.Join([]string{c.Type, c.App, c.Authority, c.TenantID, c.ClientID, c.CertificateFile,
+		c.KeyFile, c.ServiceAccount, c.Impersonate, c.TokenURL, c.Grant,
+		strings.Join(c.Scopes, " "), account}, "\x00")
 }
 
 func (a *app) fetcher(p *config.Profile, hc *http.Client) (tokens.Fetcher, error) {
 	c := p.Credentials
 	switch c.Type {
 	case config.CredMicrosoft365:
+		if c.App == config.AppPublic {
+			return tokens.NewMicrosoftPublic(&tokens.MicrosoftPublic{
+				Authority: c.Authority, TenantID: c.TenantID, ClientID: c.ClientID, Scopes: c.Scopes,
+				Account: c.Account, Store: a.store, HTTPClient: hc,
+			})
+		}
 		return tokens.NewMicrosoftConfidential(tokens.MicrosoftConfidential{
 			Authority: c.Authority, TenantID: c.TenantID, ClientID: c.ClientID,
 			Secret: c.ClientSecret.Value(), CertFile: c.CertificateFile, CertPassword: c.CertificatePassword.Value(),
@@ -121,11 +143,12 @@ func (a *app) fetcher(p *config.Profile, hc *http.Client) (tokens.Fetcher, error
 		})
 	case config.CredOAuth2:
 		if c.Grant == config.GrantRefreshToken {
-			return tokens.NewRefreshGrant(tokens.RefreshGrant{
-				TokenURL: c.TokenURL, ClientID: c.ClientID, ClientSecret: c.ClientSecret.Value(),
-				Scopes: c.Scopes, Account: refreshAccount(p), Initial: c.RefreshToken.Value(),
-				Store: a.store, HTTPClient: hc,
-			}), nil
+			return tokens.NewOAuth2Delegated(&tokens.OAuth2Delegated{
+				AuthorizeURL: c.AuthorizeURL, TokenURL: c.TokenURL, DeviceURL: c.DeviceURL,
+				ClientID: c.ClientID, ClientSecret: c.ClientSecret.Value(), Scopes: c.Scopes,
+				PKCE: c.PKCE == nil || *c.PKCE, Params: c.Params,
+				Account: c.Account, Initial: c.RefreshToken.Value(), Store: a.store, HTTPClient: hc,
+			})
 		}
 		return tokens.NewClientCredentials(tokens.ClientCredentials{
 			TokenURL: c.TokenURL, ClientID: c.ClientID, ClientSecret: c.ClientSecret.Value(),

@@ -1,0 +1,189 @@
+package tokens
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/public"
+	"golang.org/x/oauth2"
+)
+
+// MicrosoftPublic is a Microsoft 365 public client app (delegated: a person
+// signs in, CMO's IntegrationType=Public). MSAL Go keeps its token cache,
+// refresh tokens included, in the Store through its cache serialisation
+// interface; several accounts share one cache per app.
+type MicrosoftPublic struct {
+	Authority string
+	TenantID  string
+	ClientID  string
+	Scopes    []string
+	// Account is the profile's account (its user principal name).
+	Account    string
+	Store      *Store
+	HTTPClient *http.Client
+
+	client public.Client
+	name   string // of the MSAL cache in the store
+}
+
+// NewMicrosoftPublic builds the MSAL public client.
+func NewMicrosoftPublic(m *MicrosoftPublic) (*MicrosoftPublic, error) {
+	if m.Store == nil {
+		return nil, errors.New("a token_store is needed to keep the signed-in accounts")
+	}
+	authority := strings.TrimRight(m.Authority, "/") + "/" + m.TenantID
+	m.name = "msal:" + authority + "/" + m.ClientID
+	opts := []public.Option{public.WithAuthority(authority), public.WithInstanceDiscovery(false),
+		public.WithCache(msalCache{m.Store, m.name})}
+	if m.HTTPClient != nil {
+		opts = append(opts, public.WithHTTPClient(m.HTTPClient))
+	}
+	c, err := public.New(m.ClientID, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("microsoft365 authority %s: %w", authority, err)
+	}
+	m.client = c
+	return m, nil
+}
+
+// Key is the account's entry in the store (what token list shows; the
+// refresh token itself is in MSAL's cache).
+func (m *MicrosoftPublic) Key(account string) string {
+	return m.ClientID + "/" + strings.ToLower(account)
+}
+
+// Fetch gets a token for the profile's account from MSAL's cache, which
+// redeems (and rotates) the refresh token when the access token is old.
+func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
+	key := m.Key(m.Account)
+	acc, err := m.account(ctx, m.Account)
+	if err != nil {
+		return nil, err
+	}
+	res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
+	if err != nil {
+		err = fromMSAL(err)
+		if e, ok := m.Store.Get(key); !ok || e.LastError != err.Error() {
+			_ = m.Store.Update(key, func(e *Entry) { e.LastError = err.Error() })
+		}
+		return nil, err
+	}
+	if err := m.Store.Update(key, func(e *Entry) {
+		e.Provider, e.Scopes = m.name, m.Scopes
+		e.Updated, e.Expiry, e.LastError = time.Now(), res.ExpiresOn, ""
+	}); err != nil {
+		return nil, fmt.Errorf("saving the token state: %w", err)
+	}
+	return &oauth2.Token{AccessToken: res.AccessToken, TokenType: "Bearer", Expiry: res.ExpiresOn}, nil
+}
+
+func (m *MicrosoftPublic) account(ctx context.Context, name string) (public.Account, error) {
+	accounts, err := m.client.Accounts(ctx)
+	if err != nil {
+		return public.Account{}, err
+	}
+	for _, a := range accounts {
+		if strings.EqualFold(a.PreferredUsername, name) {
+			return a, nil
+		}
+	}
+	return public.Account{}, &OAuthError{Code: "interaction_required", Description: name + " has not signed in to this app yet"}
+}
+
+// AuthCodeURL implements Delegated. MSAL builds the URL; state and the PKCE
+// challenge are added, as MSAL's own interactive flow does.
+func (m *MicrosoftPublic) AuthCodeURL(ctx context.Context, account, redirectURI, state, verifier string) (string, error) {
+	var opts []public.AuthCodeURLOption
+	if account != "" {
+		opts = append(opts, public.WithLoginHint(account))
+	}
+	// MSAL's own interactive flow adds these; without offline_access
+	// there is no refresh token.
+	scopes := append(slices.Clone(m.Scopes), "openid", "profile", "offline_access")
+	slices.Sort(scopes)
+	u, err := m.client.AuthCodeURL(ctx, m.ClientID, redirectURI, slices.Compact(scopes), opts...)
+	if err != nil {
+		return "", fromMSAL(err)
+	}
+	return withParams(u, map[string]string{"state": state, "code_challenge": oauth2.S256ChallengeFromVerifier(verifier),
+		"code_challenge_method": "S256", "prompt": "select_account"})
+}
+
+// Redeem implements Delegated.
+func (m *MicrosoftPublic) Redeem(ctx context.Context, _, code, redirectURI, verifier string) (string, error) {
+	res, err := m.client.AcquireTokenByAuthCode(ctx, code, redirectURI, m.Scopes, public.WithChallenge(verifier))
+	if err != nil {
+		return "", fromMSAL(err)
+	}
+	return m.signedIn(res)
+}
+
+// DeviceCode implements Delegated.
+func (m *MicrosoftPublic) DeviceCode(ctx context.Context, _ string) (*DeviceAuth, error) {
+	dc, err := m.client.AcquireTokenByDeviceCode(ctx, m.Scopes)
+	if err != nil {
+		return nil, fromMSAL(err)
+	}
+	r := dc.Result
+	return &DeviceAuth{UserCode: r.UserCode, VerificationURI: r.VerificationURL, Expires: r.ExpiresOn, Message: r.Message,
+		wait: func(ctx context.Context) (string, error) {
+			res, err := dc.AuthenticationResult(ctx)
+			if err != nil {
+				return "", fromMSAL(err)
+			}
+			return m.signedIn(res)
+		}}, nil
+}
+
+func (m *MicrosoftPublic) signedIn(res public.AuthResult) (string, error) {
+	who := res.Account.PreferredUsername
+	if who == "" {
+		return "", errors.New("the sign-in returned no account name (preferred_username)")
+	}
+	now := time.Now()
+	err := m.Store.Put(m.Key(who), Entry{Provider: m.name, Scopes: m.Scopes, Added: now, Updated: now, Expiry: res.ExpiresOn})
+	return who, err
+}
+
+// Remove implements Delegated.
+func (m *MicrosoftPublic) Remove(ctx context.Context, account string) (bool, error) {
+	acc, err := m.account(ctx, account)
+	had := err == nil
+	if had {
+		if err := m.client.RemoveAccount(ctx, acc); err != nil {
+			return false, err
+		}
+	}
+	gone, err := m.Store.Remove(m.Key(account))
+	return had || gone, err
+}
+
+// msalCache keeps one MSAL cache in the Store. Replace reads the copy in
+// memory (the file is decrypted again only when another process changed
+// it); Export writes at once, so a rotated refresh token is never lost.
+type msalCache struct {
+	store *Store
+	name  string
+}
+
+func (c msalCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+	data := c.store.Cache(c.name)
+	if data == nil {
+		data = []byte("{}")
+	}
+	return u.Unmarshal(data)
+}
+
+func (c msalCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportHints) error {
+	data, err := m.Marshal()
+	if err != nil {
+		return err
+	}
+	return c.store.PutCache(c.name, data)
+}

@@ -1,0 +1,155 @@
+package tokens
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"mailproxy/idp"
+)
+
+func newStore(t *testing.T, path string, key []byte) *Store {
+	t.Helper()
+	st, err := OpenStore(path, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func TestStoreRoundTrip(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.enc")
+	key, _ := ParseKey(NewKey())
+	st := newStore(t, path, key)
+	when := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
+	want := Entry{RefreshToken: "rt-secret-1", Provider: "https://idp/token", Scopes: []string{"a", "b"}, Added: when, Updated: when, Expiry: when.Add(time.Hour), LastError: "x"}
+	if err := st.Put("client/a@x", want); err != nil {
+		t.Fatal(err)
+	}
+	if err := st.PutCache("msal:app", []byte(`{"RefreshToken":{"k":{"secret":"rt-msal-secret"}}}`)); err != nil {
+		t.Fatal(err)
+	}
+	again := newStore(t, path, key)
+	got, ok := again.Get("client/a@x")
+	if !ok || got.RefreshToken != want.RefreshToken || !got.Expiry.Equal(want.Expiry) || strings.Join(got.Scopes, " ") != "a b" || got.LastError != "x" {
+		t.Fatalf("after reopening: %+v, %v", got, ok)
+	}
+	if !bytes.Contains(again.Cache("msal:app"), []byte("rt-msal-secret")) {
+		t.Fatal("MSAL cache lost")
+	}
+	raw, _ := os.ReadFile(path)
+	if bytes.Contains(raw, []byte("rt-secret-1")) || bytes.Contains(raw, []byte("rt-msal-secret")) || bytes.Contains(raw, []byte("a@x")) {
+		t.Fatal("the store file holds tokens or account names in clear text")
+	}
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
+	}
+	if gone, err := again.Remove("client/a@x"); !gone || err != nil {
+		t.Fatalf("remove: %v %v", gone, err)
+	}
+	if _, ok := newStore(t, path, key).Get("client/a@x"); ok {
+		t.Fatal("removed account is back after reopening")
+	}
+}
+
+func TestStoreWrongKeyAndTruncationLeaveTheFileAlone(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.enc")
+	key, _ := ParseKey(NewKey())
+	if err := newStore(t, path, key).Put("a", Entry{RefreshToken: "secret-rt"}); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := os.ReadFile(path)
+	other, _ := ParseKey(NewKey())
+	if _, err := OpenStore(path, other); err == nil || !strings.Contains(err.Error(), "wrong key") || !strings.Contains(err.Error(), "token_store.key") {
+		t.Fatalf("wrong key: %v", err)
+	}
+	if after, _ := os.ReadFile(path); !bytes.Equal(before, after) {
+		t.Fatal("opening with a wrong key changed the file")
+	}
+	os.WriteFile(path, before[:len(before)-5], 0o600)
+	if _, err := OpenStore(path, key); err == nil || !strings.Contains(err.Error(), "wrong key or damaged") {
+		t.Fatalf("truncated store: %v", err)
+	}
+	os.WriteFile(path, before[:10], 0o600)
+	if _, err := OpenStore(path, key); err == nil || !strings.Contains(err.Error(), "truncated") {
+		t.Fatalf("cut store: %v", err)
+	}
+	if _, err := ParseKey("c2hvcnQ="); err == nil {
+		t.Fatal("short key accepted")
+	}
+}
+
+// Two stores on one file stand for mailproxy serve and mailproxy token add:
+// every write of each survives.
+func TestStoreConcurrentWritersLoseNothing(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "tokens.enc")
+	key, _ := ParseKey(NewKey())
+	a, b := newStore(t, path, key), newStore(t, path, key)
+	var wg sync.WaitGroup
+	for i := range 40 {
+		st := a
+		if i%2 == 1 {
+			st = b
+		}
+		wg.Go(func() {
+			if err := st.Put(fmt.Sprintf("acct-%d", i), Entry{RefreshToken: fmt.Sprintf("rt-%d", i)}); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	keys, entries, err := newStore(t, path, key).Accounts()
+	if err != nil || len(keys) != 40 {
+		t.Fatalf("%d accounts after 40 concurrent writes from two stores (%v)", len(keys), err)
+	}
+	for i := range 40 {
+		if entries[fmt.Sprintf("acct-%d", i)].RefreshToken != fmt.Sprintf("rt-%d", i) {
+			t.Fatalf("acct-%d lost", i)
+		}
+	}
+	// A store sees what the other wrote without being reopened.
+	if e, ok := a.Get("acct-1"); !ok || e.RefreshToken != "rt-1" {
+		t.Fatal("a store does not see the other's write")
+	}
+}
+
+func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
+	s, url, hc := fakeIdP(t)
+	s.RotateRefresh = true
+	s.AddClient(idp.Client{ID: "pub"})
+	s.AddRefreshToken("rt-0", "a@x")
+	path := filepath.Join(t.TempDir(), "tokens.enc")
+	key, _ := ParseKey(NewKey())
+	prev := "rt-0"
+	for i := range 3 { // three "process starts"
+		d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Initial: "rt-0", Store: newStore(t, path, key), HTTPClient: hc})
+		tok, err := d.Fetch(context.Background())
+		if err != nil {
+			t.Fatalf("start %d: %v", i, err)
+		}
+		if mb, ok := s.Validate(tok.AccessToken); !ok || mb != "a@x" {
+			t.Fatalf("start %d: token not valid for a@x", i)
+		}
+		e, _ := newStore(t, path, key).Get(d.Key("a@x"))
+		if e.RefreshToken == "" || e.RefreshToken == prev || e.Updated.IsZero() || e.Expiry.IsZero() {
+			t.Fatalf("start %d: rotated refresh token not stored: %+v", i, e.Updated)
+		}
+		prev = e.RefreshToken
+	}
+	// The spent token is refused by the fake, as by Microsoft with rotation.
+	s.RevokeUser("a@x")
+	d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Store: newStore(t, path, key), HTTPClient: hc})
+	_, err := NewCache("p", d, CacheOptions{Fix: "run mailproxy token add p"}).Token(context.Background())
+	if err == nil || !strings.Contains(err.Error(), "invalid_grant") || !strings.Contains(err.Error(), "run mailproxy token add p") {
+		t.Fatalf("revoked grant: %v", err)
+	}
+	if e, _ := newStore(t, path, key).Get(d.Key("a@x")); !strings.Contains(e.LastError, "invalid_grant") {
+		t.Fatalf("last error not recorded for token list: %q", e.LastError)
+	}
+}

@@ -28,6 +28,32 @@ type Config struct {
 	Profiles map[string]*Profile `yaml:"profiles"`
 	// Log sets the log level: debug, info (default), warn, error.
 	Log Log `yaml:"log"`
+	// Admin is the operators' HTTP server (off unless configured).
+	Admin *Admin `yaml:"admin"`
+	// Alerts say when a person must sign in again.
+	Alerts Alerts `yaml:"alerts"`
+}
+
+// Admin is the HTTP server with the credentials page, /healthz, /readyz
+// and /metrics.
+type Admin struct {
+	// Listen is host:port; the host defaults to 127.0.0.1.
+	Listen string `yaml:"listen"`
+	// Username and Password (HTTP basic) and/or Token (bearer) protect it.
+	Username string `yaml:"username"`
+	Password Secret `yaml:"password"`
+	Token    Secret `yaml:"token"`
+	// RedirectURL is the sign-in callback as registered with the provider
+	// (default http://LISTEN/oauth/callback as the browser reached it).
+	RedirectURL string `yaml:"redirect_url"`
+	// TLS is required when Listen is not on loopback.
+	TLS *LocalTLS `yaml:"tls"`
+}
+
+// Alerts configure notices to people.
+type Alerts struct {
+	// WebhookURL receives a JSON POST when a credential needs a person.
+	WebhookURL Secret `yaml:"webhook_url"`
 }
 
 // Log configures logging.

@@ -34,6 +34,9 @@ const DefaultMessagesPerSession = 3
 const DefaultMaxMessageBytes = 50 << 20
 
 func (c *Config) applyDefaults() {
+	if c.Admin != nil {
+		c.Admin.Listen = withDefaultHost(c.Admin.Listen)
+	}
 	for _, p := range c.Profiles {
 		cr := &p.Credentials
 		switch cr.Type {
@@ -202,7 +205,37 @@ func (c *Config) Validate() error {
 		c.validateProfile(&ps, c.Profiles[name])
 	}
 	c.validateSharedListeners(&ps)
+	if a := c.Admin; a != nil {
+		c.validateAdmin(&ps, a)
+	}
+	c.secret(&ps, "alerts.webhook_url", &c.Alerts.WebhookURL, false)
+	if u := c.Alerts.WebhookURL; u.IsSet() && u.resolve() == nil && !strings.HasPrefix(u.Value(), "https://") && !strings.HasPrefix(u.Value(), "http://") {
+		ps.add("alerts.webhook_url", "not an http(s) URL")
+	}
 	return errors.Join(ps...)
+}
+
+func (c *Config) validateAdmin(ps *problems, a *Admin) {
+	if a.Listen == "" {
+		ps.add("admin.listen", "required: host:port of the admin page and probes, e.g. 127.0.0.1:8025")
+	} else if _, _, err := net.SplitHostPort(a.Listen); err != nil {
+		ps.add("admin.listen", "%q is not host:port", a.Listen)
+	}
+	c.secret(ps, "admin.password", &a.Password, false)
+	c.secret(ps, "admin.token", &a.Token, false)
+	if (a.Username == "") != !a.Password.IsSet() {
+		ps.add("admin.username", "give username and password together")
+	}
+	if a.Username == "" && !a.Token.IsSet() {
+		ps.add("admin.password", "required: the admin page is never open; give username and password, or a bearer token")
+	}
+	if a.Listen != "" && !IsLoopback(a.Listen) && a.TLS == nil {
+		ps.add("admin.tls", "required when admin.listen is not on loopback (%s): give cert_file and key_file", a.Listen)
+	}
+	if t := a.TLS; t != nil {
+		fileExists(ps, "admin.tls.cert_file", t.CertFile)
+		fileExists(ps, "admin.tls.key_file", t.KeyFile)
+	}
 }
 
 func (c *Config) secret(ps *problems, path string, s *Secret, required bool) {

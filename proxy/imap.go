@@ -40,6 +40,7 @@ type MailboxOptions struct {
 	// (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
 	Logger      *slog.Logger
+	Observer    Observer
 }
 
 // IMAPServer is a local IMAP listener: it takes the app's login, logs in
@@ -53,7 +54,7 @@ type IMAPServer struct {
 // NewIMAPServer builds a listener for profiles; the login picks the profile.
 func NewIMAPServer(profiles []IMAPProfile, o MailboxOptions) *IMAPServer {
 	s := &IMAPServer{o: o, users: profileUsers(profiles, func(p *IMAPProfile) []LocalUser { return p.Users })}
-	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
+	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout, observer: o.Observer}
 	s.sessions.init()
 	return s
 }
@@ -242,6 +243,7 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 	if err != nil {
 		code, text := imapLoginFailure(err)
 		log.Warn("upstream login failed", "code", code, "err", err)
+		ss.s.observer.Failed("imap", p.Name, err)
 		return ss.send("%s NO [%s] %s", tag, code, oneLine(text)) != nil
 	}
 	if err := ss.send("%s OK [CAPABILITY %s] Logged in", tag, strings.Join(clientCapabilities(caps), " ")); err != nil {
@@ -250,7 +252,7 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 	}
 	r := ss.r
 	ss.r = nil
-	ss.s.relayLoggedIn(ss.conn, r, up, act, log, start)
+	ss.s.relayLoggedIn(ss.conn, r, up, act, log, p.Name, start)
 	return true
 }
 

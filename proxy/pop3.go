@@ -37,7 +37,7 @@ type POP3Server struct {
 // NewPOP3Server builds a listener for profiles; the login picks the profile.
 func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
 	s := &POP3Server{o: o, users: profileUsers(profiles, func(p *POP3Profile) []LocalUser { return p.Users })}
-	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout}
+	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout, observer: o.Observer}
 	s.sessions.init()
 	return s
 }
@@ -193,6 +193,7 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 	if err != nil {
 		reply := pop3LoginFailure(err)
 		log.Warn("upstream login failed", "reply", reply, "err", err)
+		ps.s.observer.Failed("pop3", p.Name, err)
 		return ps.send("%s", reply) != nil
 	}
 	if err := ps.send("+OK Logged in"); err != nil {
@@ -201,7 +202,7 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 	}
 	r := ps.r
 	ps.r = nil
-	ps.s.relayLoggedIn(ps.conn, r, up, act, log, start)
+	ps.s.relayLoggedIn(ps.conn, r, up, act, log, p.Name, start)
 	return true
 }
 

@@ -33,6 +33,7 @@ type sessions struct {
 	implicit bool
 	log      *slog.Logger
 	serve    func(ctx context.Context, c net.Conn, act *activity)
+	observer Observer
 	// failureDelay answers a failed local login (tests set it to zero).
 	failureDelay time.Duration
 	idleTimeout  time.Duration
@@ -54,6 +55,7 @@ func (s *sessions) init() {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	s.live = map[net.Conn]*activity{}
+	s.observer = observerOr(s.observer)
 	s.failureDelay = failureDelay
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 }
@@ -149,13 +151,15 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 // succeeded: the bytes r already holds go upstream first, then every byte
 // is relayed until the session ends. The caller drops its own reference to
 // r first, so an idle session keeps no pre-login buffer.
-func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, up net.Conn, act *activity, log *slog.Logger, start time.Time) {
+func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, up net.Conn, act *activity, log *slog.Logger, profile string, start time.Time) {
 	pending, _ := r.Peek(r.Buffered())
 	pending = bytes.Clone(pending)
 	conn.SetDeadline(time.Time{})
 	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
+	s.observer.LoggedIn(s.proto, profile, time.Since(start))
 	toUp, toLocal := relay(conn, up, pending, s.idleTimeout, act)
 	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
+	s.observer.SessionEnded(s.proto, profile, toUp, toLocal)
 }
 
 // closeIdle closes sessions quiet for at least d.

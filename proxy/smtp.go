@@ -49,8 +49,9 @@ type SMTPOptions struct {
 	RequireTLS      bool
 	MaxMessageBytes int64
 	// Domain is the name in the greeting (default "mailproxy").
-	Domain string
-	Logger *slog.Logger
+	Domain   string
+	Logger   *slog.Logger
+	Observer Observer
 }
 
 // SMTPServer is a local SMTP listener.
@@ -70,6 +71,7 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 	if o.Domain == "" {
 		o.Domain = "mailproxy"
 	}
+	o.Observer = observerOr(o.Observer)
 	s := &SMTPServer{o: o, users: NewUsers[*SMTPProfile](), implicit: o.ImplicitTLS}
 	for i := range o.Profiles {
 		p := &o.Profiles[i]
@@ -178,6 +180,7 @@ func (ss *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	txn, err := ss.profile.Sender.Begin(ss.ctx, from, opts)
 	if err != nil {
 		ss.s.o.Logger.Warn("upstream refused MAIL", "profile", ss.profile.Name, "remote", ss.remote, "err", err)
+		ss.s.o.Observer.Failed("smtp", ss.profile.Name, err)
 		return smtpReply(err)
 	}
 	ss.txn, ss.from, ss.rcpts = txn, from, 0
@@ -207,9 +210,11 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		"rcpts", ss.rcpts, "bytes", cr.n, "ms", time.Since(start).Milliseconds())
 	if err != nil {
 		log.Warn("message not relayed", "err", err)
+		ss.s.o.Observer.Failed("smtp", ss.profile.Name, err)
 		return smtpReply(err)
 	}
 	log.Info("message relayed")
+	ss.s.o.Observer.Relayed(ss.profile.Name, cr.n, time.Since(start))
 	return nil
 }
 

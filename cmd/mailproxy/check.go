@@ -30,14 +30,29 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	name := fs.Arg(0)
-	p, ok := cfg.Profiles[name]
-	if !ok {
+	if _, ok := cfg.Profiles[name]; !ok {
 		return fmt.Errorf("no profile %q; profiles: %s", name, strings.Join(cfg.ProfileNames(), ", "))
 	}
 	a, err := build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 	if err != nil {
 		return err
 	}
+	defer func() {
+		for _, up := range a.smtp {
+			up.Close()
+		}
+	}()
+	if !runCheck(ctx, a, name, *sendTo, stdout) {
+		return errors.New("check failed: see the FAIL lines above")
+	}
+	return nil
+}
+
+// runCheck gets a token for profile name, logs in to each of its upstreams
+// and, with sendTo, sends a test message; it writes a line per step and
+// reports whether all worked. The admin page's Test button runs it too.
+func runCheck(ctx context.Context, a *app, name, sendTo string, stdout io.Writer) bool {
+	p := a.cfg.Profiles[name]
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 
@@ -71,15 +86,14 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			}
 			return fmt.Sprintf("%s (%s), %s as %s accepted", u.Host, u.TLS, loginName(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User), nil
 		})
-		if loggedIn && *sendTo != "" {
+		if loggedIn && sendTo != "" {
 			step("send", func() (string, error) {
-				if err := sendTestMessage(ctx, up, p.Mailbox, *sendTo, name); err != nil {
+				if err := sendTestMessage(ctx, up, p.Mailbox, sendTo, name); err != nil {
 					return "", err
 				}
-				return fmt.Sprintf("test message from %s to %s accepted upstream", p.Mailbox, *sendTo), nil
+				return fmt.Sprintf("test message from %s to %s accepted upstream", p.Mailbox, sendTo), nil
 			})
 		}
-		up.Close()
 	}
 	if up := a.imap[name]; up != nil && tokenOK {
 		u := p.IMAP.Upstream
@@ -101,10 +115,7 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			return fmt.Sprintf("%s (%s), %s as %s accepted, STAT: %d message(s)", u.Host, u.TLS, loginName(u.Mechanism), a.upstreamAuth(p, u.Mechanism).User, n), nil
 		})
 	}
-	if failed {
-		return errors.New("check failed: see the FAIL lines above")
-	}
-	return nil
+	return !failed
 }
 
 // loginName is how check names a login mechanism.

@@ -31,6 +31,13 @@ Usage:
                                               get a token, log in to each upstream (SMTP, IMAP: SELECT
                                               INBOX, POP3: STAT), optionally send a test message
   mailproxy config validate [-config FILE]    check FILE and list every problem
+  mailproxy token add [-config FILE] [-device|-browser|-paste] [-account A] PROFILE
+                                              sign a person in once for a delegated profile (asks to
+                                              add more accounts); device code by default where offered
+  mailproxy token list [-config FILE]         accounts in the token store: provider, scopes, expiry,
+                                              last refresh, last error (never a token)
+  mailproxy token remove [-config FILE] [-account A] PROFILE
+                                              forget an account's grant
   mailproxy key generate                      print a new token store key
   mailproxy version
 
@@ -40,13 +47,13 @@ FILE defaults to $MAILPROXY_CONFIG, then ./mailproxy.yaml.
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:], os.Stdout, os.Stderr))
+	os.Exit(run(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr))
 }
 
 // errUsage makes run print the usage and exit 2.
 var errUsage = errors.New("usage")
 
-func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		fmt.Fprint(stderr, usage)
 		return 2
@@ -59,6 +66,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		err = cmdDemo(ctx, args[1:], stdout, stderr)
 	case "check":
 		err = cmdCheck(ctx, args[1:], stdout, stderr)
+	case "token":
+		err = cmdToken(ctx, args[1:], stdin, stdout, stderr)
 	case "config":
 		err = cmdConfig(args[1:], stdout)
 	case "key":

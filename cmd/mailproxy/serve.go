@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"sort"
 	"sync"
 	"time"
@@ -39,6 +41,10 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	adm, err := a.adminServer()
+	if err != nil {
+		return err
+	}
 	servers, err := a.servers()
 	if err != nil {
 		return err
@@ -61,7 +67,7 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	for _, c := range uniqueCaches(a) {
 		wg.Go(func() { c.Run(runCtx) })
 	}
-	errc := make(chan error, len(servers))
+	errc := make(chan error, len(servers)+1)
 	addrs := make([]string, 0, len(servers))
 	for addr, spec := range servers {
 		addrs = append(addrs, addr)
@@ -71,11 +77,32 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 	for _, addr := range addrs {
 		log.Info("listening", "proto", servers[addr].proto, "addr", listeners[addr].Addr().String())
 	}
+	if adm != nil {
+		l, err := net.Listen("tcp", adm.Addr)
+		if err != nil {
+			cancelRun()
+			return fmt.Errorf("admin listener: %w", err)
+		}
+		go func() {
+			var err error
+			if adm.TLSConfig != nil {
+				err = adm.ServeTLS(l, "", "")
+			} else {
+				err = adm.Serve(l)
+			}
+			if !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("admin listener: %w", err)
+			}
+		}()
+		log.Info("listening", "proto", "admin", "addr", l.Addr().String())
+	}
+	a.ready.Store(true)
 
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 	}
+	a.ready.Store(false)
 	log.Info("shutting down: finishing messages in flight", "grace", shutdownGrace)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
 	defer cancel()
@@ -84,6 +111,9 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		swg.Go(func() { spec.srv.Shutdown(sctx) })
 	}
 	swg.Wait()
+	if adm != nil {
+		adm.Close()
+	}
 	for _, up := range a.smtp {
 		up.Close()
 	}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-smtp"
@@ -31,9 +32,13 @@ type app struct {
 	delegated map[string]tokens.Delegated
 	// onNeedsSignIn is told when a credential starts needing a person.
 	onNeedsSignIn func(*tokens.Error)
-	smtp   map[string]*upstream.SMTP
-	imap   map[string]*upstream.IMAP
-	pop3   map[string]*upstream.POP3
+	// observer counts what sessions do (the admin server's metrics).
+	observer proxy.Observer
+	// ready is set while every listener is up.
+	ready atomic.Bool
+	smtp  map[string]*upstream.SMTP
+	imap  map[string]*upstream.IMAP
+	pop3  map[string]*upstream.POP3
 }
 
 // build turns the configuration into token caches and upstreams. It opens no
@@ -294,13 +299,13 @@ func (a *app) servers() (map[string]listenerSpec, error) {
 			return nil, fmt.Errorf("%s listener %s: tls: %w", g.proto, addr, err)
 		}
 		implicit := g.l.TLS != nil && g.l.TLS.Mode == config.TLSImplicit
-		mo := proxy.MailboxOptions{TLSConfig: tc, ImplicitTLS: implicit, RequireTLS: g.l.RequiresTLS(), Logger: a.log}
+		mo := proxy.MailboxOptions{TLSConfig: tc, ImplicitTLS: implicit, RequireTLS: g.l.RequiresTLS(), Logger: a.log, Observer: a.observer}
 		var srv localServer
 		switch g.proto {
 		case "smtp":
 			srv = proxy.NewSMTPServer(proxy.SMTPOptions{
 				Profiles: g.smtp, TLSConfig: tc, ImplicitTLS: implicit, RequireTLS: g.l.RequiresTLS(),
-				MaxMessageBytes: g.max, Logger: a.log,
+				MaxMessageBytes: g.max, Logger: a.log, Observer: a.observer,
 			})
 		case "imap":
 			srv = proxy.NewIMAPServer(g.imap, mo)

@@ -1,0 +1,123 @@
+package admin
+
+import (
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"mailproxy/proxy"
+	"mailproxy/tokens"
+)
+
+// Metrics counts what sessions do (it is the proxy's Observer) and reads
+// the token caches' state when scraped. Labels are profile and protocol
+// names: never a user, address or token.
+type Metrics struct {
+	reg       *prometheus.Registry
+	sessions  *prometheus.CounterVec
+	active    *prometheus.GaugeVec
+	bytes     *prometheus.CounterVec
+	messages  *prometheus.CounterVec
+	msgBytes  *prometheus.CounterVec
+	errors    *prometheus.CounterVec
+	loginTime *prometheus.HistogramVec
+	relayTime *prometheus.HistogramVec
+}
+
+// TokenSource is what the metrics read of a profile's token cache.
+type TokenSource interface {
+	State() tokens.State
+}
+
+// NewMetrics registers mailproxy's metrics, the token state of caches (by
+// profile) and the Go runtime's.
+func NewMetrics(caches map[string]TokenSource) *Metrics {
+	m := &Metrics{reg: prometheus.NewRegistry()}
+	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
+	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_sessions_total",
+		Help: "IMAP and POP3 sessions logged in upstream."}, []string{"protocol", "profile"})
+	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mailproxy_sessions_active",
+		Help: "IMAP and POP3 sessions being relayed now."}, []string{"protocol", "profile"})
+	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_relayed_bytes_total",
+		Help: "Bytes relayed by IMAP and POP3 sessions that ended, by direction (up: to the server)."}, []string{"protocol", "profile", "direction"})
+	m.messages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_messages_relayed_total",
+		Help: "Messages the upstream accepted (SMTP 250 given to the app)."}, []string{"profile"})
+	m.msgBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_message_bytes_total",
+		Help: "Bytes of the messages the upstream accepted."}, []string{"profile"})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_upstream_errors_total",
+		Help: "Upstream failures by class: token, sign_in, refused, rejected, unavailable."}, []string{"protocol", "profile", "class"})
+	m.loginTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailproxy_upstream_login_seconds",
+		Help: "Time to connect and log in upstream (IMAP, POP3).", Buckets: prometheus.DefBuckets}, []string{"protocol"})
+	m.relayTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailproxy_message_relay_seconds",
+		Help: "Time from DATA to the upstream's acceptance.", Buckets: prometheus.DefBuckets}, []string{"profile"})
+	for _, c := range []prometheus.Collector{m.sessions, m.active, m.bytes, m.messages, m.msgBytes, m.errors, m.loginTime, m.relayTime,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), tokenCollector(caches)} {
+		f(c)
+	}
+	return m
+}
+
+var _ proxy.Observer = (*Metrics)(nil)
+
+// LoggedIn implements proxy.Observer.
+func (m *Metrics) LoggedIn(proto, profile string, d time.Duration) {
+	m.sessions.WithLabelValues(proto, profile).Inc()
+	m.active.WithLabelValues(proto, profile).Inc()
+	m.loginTime.WithLabelValues(proto).Observe(d.Seconds())
+}
+
+// SessionEnded implements proxy.Observer.
+func (m *Metrics) SessionEnded(proto, profile string, up, down int64) {
+	m.active.WithLabelValues(proto, profile).Dec()
+	m.bytes.WithLabelValues(proto, profile, "up").Add(float64(up))
+	m.bytes.WithLabelValues(proto, profile, "down").Add(float64(down))
+}
+
+// Relayed implements proxy.Observer.
+func (m *Metrics) Relayed(profile string, n int64, d time.Duration) {
+	m.messages.WithLabelValues(profile).Inc()
+	m.msgBytes.WithLabelValues(profile).Add(float64(n))
+	m.relayTime.WithLabelValues(profile).Observe(d.Seconds())
+}
+
+// Failed implements proxy.Observer.
+func (m *Metrics) Failed(proto, profile string, err error) {
+	m.errors.WithLabelValues(proto, profile, proxy.ErrorClass(err)).Inc()
+}
+
+type tokenStates map[string]TokenSource
+
+func tokenCollector(caches map[string]TokenSource) prometheus.Collector { return tokenStates(caches) }
+
+var (
+	descRefreshes = prometheus.NewDesc("mailproxy_token_refreshes_total", "Successful token requests.", []string{"profile"}, nil)
+	descFailures  = prometheus.NewDesc("mailproxy_token_failures_total", "Failed token requests.", []string{"profile"}, nil)
+	descValid     = prometheus.NewDesc("mailproxy_token_valid_until_seconds", "Expiry of the cached token (Unix time; 0: none).", []string{"profile"}, nil)
+	descSignIn    = prometheus.NewDesc("mailproxy_token_needs_sign_in", "1 when a person must sign in again (mailproxy token add).", []string{"profile"}, nil)
+)
+
+func (t tokenStates) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descRefreshes
+	ch <- descFailures
+	ch <- descValid
+	ch <- descSignIn
+}
+
+func (t tokenStates) Collect(ch chan<- prometheus.Metric) {
+	for name, c := range t {
+		st := c.State()
+		valid := 0.0
+		if !st.ValidUntil.IsZero() {
+			valid = float64(st.ValidUntil.Unix())
+		}
+		sign := 0.0
+		if st.NeedsSignIn {
+			sign = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descRefreshes, prometheus.CounterValue, float64(st.Refreshes), name)
+		ch <- prometheus.MustNewConstMetric(descFailures, prometheus.CounterValue, float64(st.Failures), name)
+		ch <- prometheus.MustNewConstMetric(descValid, prometheus.GaugeValue, valid, name)
+		ch <- prometheus.MustNewConstMetric(descSignIn, prometheus.GaugeValue, sign, name)
+	}
+}

@@ -45,6 +45,7 @@ const (
 	msSecretApp  = "11111111-aaaa-4bbb-8ccc-000000000001"
 	msSecret     = "ms-client-secret-value"
 	msCertApp    = "11111111-aaaa-4bbb-8ccc-000000000002"
+	msPublicApp  = "11111111-aaaa-4bbb-8ccc-000000000003"
 	saEmail      = "mailer@mailproxy-e2e.iam.gserviceaccount.com"
 	genericID    = "generic-client"
 	genericSec   = "generic-secret"
@@ -243,6 +244,13 @@ func registerIdentities(work string) error {
 		return err
 	}
 
+	// People who sign in (token add, the admin page) to a public app.
+	env.idp.AddPublicApp(idp.PublicApp{Tenant: tenant, ClientID: msPublicApp,
+		RedirectURIs: []string{"http://localhost", "http://127.0.0.1/oauth/callback"}})
+	for _, u := range []string{dave, erin, frank} {
+		env.idp.AddUser(u, personPassword(u))
+	}
+	env.idp.DeviceInterval = time.Second
 	env.idp.AddClient(idp.Client{ID: genericID, Secret: genericSec, Mailbox: bob})
 	env.idp.AddRefreshToken(bobRefresh, bob)
 	env.idp.RotateRefresh = true
@@ -290,7 +298,12 @@ func writeConfig(t testing.TB, yaml string) string {
 // startProxy runs `mailproxy serve` with yaml and waits until addrs accept.
 func startProxy(t testing.TB, yaml string, addrs ...string) *proxy {
 	t.Helper()
-	cfg := writeConfig(t, yaml)
+	return startProxyFile(t, writeConfig(t, yaml), addrs...)
+}
+
+// startProxyFile runs `mailproxy serve` with the configuration file cfg.
+func startProxyFile(t testing.TB, cfg string, addrs ...string) *proxy {
+	t.Helper()
 	p := &proxy{t: t, logs: &syncBuffer{}, done: make(chan struct{}), cfg: cfg}
 	p.cmd = exec.Command(env.bin, "serve", "-config", cfg)
 	p.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+env.idpCA)

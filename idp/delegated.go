@@ -94,14 +94,20 @@ func (s *Server) ApproveDevice(userCode, mailbox, password string) error {
 	return fmt.Errorf("AADSTS70000: the code you entered is not valid or has expired")
 }
 
-// RevokeUser makes every refresh token of mailbox invalid, as an admin's
-// "revoke sessions" or a password change does.
+// RevokeUser makes every refresh and access token of mailbox invalid, as
+// an admin's "revoke sessions" does (with continuous access evaluation for
+// the access tokens).
 func (s *Server) RevokeUser(mailbox string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for rt, g := range s.refresh {
 		if strings.EqualFold(g.mailbox, mailbox) {
 			delete(s.refresh, rt)
+		}
+	}
+	for at, i := range s.access {
+		if strings.EqualFold(i.mailbox, mailbox) {
+			delete(s.access, at)
 		}
 	}
 }

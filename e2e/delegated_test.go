@@ -258,7 +258,7 @@ profiles:
 	if fi, err := os.Stat(store); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("token store: %v %v", fi, err)
 	}
-	if raw, _ := os.ReadFile(store); regexp.MustCompile(`rt-|at-|`+dave).Match(raw) {
+	if raw, _ := os.ReadFile(store); regexp.MustCompile(`rt-|at-|` + dave).Match(raw) {
 		t.Fatal("token store holds a token or an account in clear text")
 	}
 

@@ -201,8 +201,10 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		case r.Usable:
 		case r.State.NeedsSignIn:
 			problems = append(problems, fmt.Sprintf("profile %s: a person must sign in (%s)", r.Name, r.State.LastError))
+		case r.State.LastError != "":
+			problems = append(problems, fmt.Sprintf("profile %s: no usable token: %s", r.Name, r.State.LastError))
 		default:
-			problems = append(problems, fmt.Sprintf("profile %s: no usable token yet %s", r.Name, r.State.LastError))
+			problems = append(problems, fmt.Sprintf("profile %s: no token yet", r.Name))
 		}
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")

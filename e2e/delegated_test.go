@@ -316,7 +316,7 @@ profiles:
 		!strings.Contains(n[0]["fix"].(string), "mailproxy token add delegated") || !strings.Contains(n[0]["error"].(string), "invalid_grant") {
 		t.Fatalf("webhook notices: %v", n)
 	}
-	if c := strings.Count(p.logs.String(), `level=ERROR msg="a person must sign in again" event=needs_sign_in`); c != 1 {
+	if c := strings.Count(p.logs.String(), `level=ERROR msg="a person must sign in" event=needs_sign_in`); c != 1 {
 		t.Fatalf("%d needs_sign_in log events, want 1", c)
 	}
 	code, ready := get(t, admin+"/readyz", "")

@@ -185,7 +185,7 @@ func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
 		c.state.NeedsSignIn = e.NeedsSignIn
 		c.state.Failures++
 		if became {
-			c.opts.Logger.Error("a person must sign in again", "event", "needs_sign_in", "profile", c.profile, "err", err, "fix", e.Fix)
+			c.opts.Logger.Error("a person must sign in", "event", "needs_sign_in", "profile", c.profile, "err", err, "fix", e.Fix)
 			if c.opts.OnNeedsSignIn != nil {
 				go c.opts.OnNeedsSignIn(e)
 			}

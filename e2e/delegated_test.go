@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"fmt"
+	"html"
 	"io"
 	"net"
 	"net/http"
@@ -143,7 +144,7 @@ func tokenAdd(t *testing.T, cfg, profile string, accounts ...string) string {
 	t.Helper()
 	term := startTerminal(t, "token", "add", "-config", cfg, profile)
 	for i, acct := range accounts {
-		m := term.expect(`open the page (\S+) and enter the code (\S+) to authenticate`)
+		m := term.expect(`open (?:the page )?(https://\S+) (?:in any browser )?and enter the code (\w+)`)
 		approveDeviceCode(t, m[1], m[2], acct)
 		term.expect(`Signed in as ` + regexp.QuoteMeta(acct))
 		term.expect(`Add another account\? \[y/N\] `)
@@ -365,4 +366,75 @@ func grepLines(s, sub string) string {
 		}
 	}
 	return strings.Join(out, "\n")
+}
+
+// The generic provider by configuration: the Microsoft preset with its
+// {tenant} URLs (device code, x/oauth2 rather than MSAL) and a custom
+// provider given only by URLs (browser sign-in with PKCE and a loopback
+// redirect to token add). Each grant then logs a real client in to Dovecot.
+func TestGenericProviderSignIns(t *testing.T) {
+	need(t)
+	imapFrank, imapErin := freeAddr(t), freeAddr(t)
+	msCreds := fmt.Sprintf("      type: oauth2\n      provider: microsoft\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n", env.idpURL, tenant, msPublicApp)
+	customCreds := fmt.Sprintf("      type: oauth2\n      authorize_url: %s/authorize\n      token_url: %s/token\n      client_id: %s\n      scopes: [mail, offline_access]\n      params: {prompt: consent}\n",
+		env.idpURL, env.idpURL, customApp)
+	cfg := writeConfig(t, fmt.Sprintf("token_store:\n  path: %s\n  key: %s\nprofiles:\n%s%s",
+		filepath.Join(t.TempDir(), "tokens.enc"), tokens.NewKey(),
+		receivingProfile("ms-generic", imapFrank, "", frank, msCreds), receivingProfile("custom", imapErin, "", erin, customCreds)))
+
+	tokenAdd(t, cfg, "ms-generic", frank)
+
+	term := startTerminal(t, "token", "add", "-config", cfg, "custom")
+	m := term.expect(`sign in as \S+:\s+(https://\S+)`)
+	u, _ := url.Parse(m[1])
+	q := u.Query()
+	if q.Get("code_challenge_method") != "S256" || q.Get("prompt") != "consent" || !strings.HasPrefix(q.Get("redirect_uri"), "http://localhost:") {
+		t.Fatalf("authorize URL: %s", m[1])
+	}
+	browseAndSignIn(t, m[1], erin)
+	term.expect(`Signed in as ` + regexp.QuoteMeta(erin))
+	term.expect(`Add another account\? \[y/N\] `)
+	term.typeLine("")
+	term.wait()
+
+	startProxyFile(t, cfg, imapFrank, imapErin)
+	for user, addr := range map[string]string{frank: imapFrank, erin: imapErin} {
+		host, port, _ := net.SplitHostPort(addr)
+		marker := uniqueMarker(t)
+		stored := deliver(t, user, messageWith(marker), marker)
+		out := filepath.Join(t.TempDir(), "fetched.eml")
+		if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
+			t.Fatalf("%s: %v\n%s", user, err, b)
+		}
+		got, _ := os.ReadFile(out)
+		sameBytes(t, user+" FETCH BODY[]", got, stored)
+	}
+}
+
+// browseAndSignIn is a person's browser: it opens authURL, signs in as
+// user on the provider's form and follows the redirect to token add.
+func browseAndSignIn(t *testing.T, authURL, user string) {
+	t.Helper()
+	c := idpClient(t)
+	resp, err := c.Get(authURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`type="hidden" name="([^"]+)" value="([^"]*)"`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	form.Set("username", user)
+	form.Set("password", personPassword(user))
+	resp, err = c.PostForm(resp.Request.URL.String(), form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "Signed in as "+user) {
+		t.Fatalf("the browser ended on %s: %s", resp.Request.URL, body)
+	}
 }

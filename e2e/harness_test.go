@@ -46,6 +46,7 @@ const (
 	msSecret     = "ms-client-secret-value"
 	msCertApp    = "11111111-aaaa-4bbb-8ccc-000000000002"
 	msPublicApp  = "11111111-aaaa-4bbb-8ccc-000000000003"
+	customApp    = "custom-provider-app"
 	saEmail      = "mailer@mailproxy-e2e.iam.gserviceaccount.com"
 	genericID    = "generic-client"
 	genericSec   = "generic-secret"
@@ -250,6 +251,7 @@ func registerIdentities(work string) error {
 	for _, u := range []string{dave, erin, frank} {
 		env.idp.AddUser(u, personPassword(u))
 	}
+	env.idp.AddPublicApp(idp.PublicApp{ClientID: customApp, RedirectURIs: []string{"http://localhost/"}})
 	env.idp.DeviceInterval = time.Second
 	env.idp.AddClient(idp.Client{ID: genericID, Secret: genericSec, Mailbox: bob})
 	env.idp.AddRefreshToken(bobRefresh, bob)

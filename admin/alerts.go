@@ -24,6 +24,8 @@ type Webhook struct {
 	URL    string
 	Client *http.Client
 	Logger *slog.Logger
+	// Backoff is the first wait before a retry (default 1 s; then ×4).
+	Backoff time.Duration
 }
 
 // Notice is the webhook's body.
@@ -40,7 +42,11 @@ func (h *Webhook) NeedsSignIn(e *tokens.Error) {
 	n := Notice{Event: "needs_sign_in", Profile: e.Profile, Error: e.Err.Error(), Fix: e.Fix, Time: time.Now().UTC()}
 	body, _ := json.Marshal(n)
 	var err error
-	for attempt, wait := 0, time.Second; attempt < 4; attempt, wait = attempt+1, wait*4 {
+	wait := h.Backoff
+	if wait <= 0 {
+		wait = time.Second
+	}
+	for attempt := 0; attempt < 4; attempt, wait = attempt+1, wait*4 {
 		if attempt > 0 {
 			time.Sleep(wait)
 		}

@@ -177,3 +177,86 @@ profiles:
 		}
 	}
 }
+
+func TestDelegatedCredentialsAndProviderPresets(t *testing.T) {
+	cfg, err := Parse([]byte(`
+token_store: {path: /tmp/t.enc, key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
+profiles:
+  public:
+    mailbox: shared@contoso.com
+    imap: {listen: "1143", upstream: {host: outlook.office365.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: microsoft365, app: public, tenant_id: contoso, client_id: c1, account: me@contoso.com}
+  ms:
+    mailbox: me@contoso.com
+    imap: {listen: "1144", upstream: {host: outlook.office365.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: oauth2, provider: microsoft, tenant_id: contoso, client_id: c2}
+  gmail:
+    mailbox: me@gmail.com
+    imap: {listen: "1145", upstream: {host: imap.gmail.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: oauth2, provider: google, client_id: c3, client_secret: s}
+  custom:
+    mailbox: me@example.com
+    imap: {listen: "1146", upstream: {host: imap.example.com}}
+    local_users: [{username: a, password: b}]
+    credentials:
+      type: oauth2
+      tenant_id: t9
+      authorize_url: https://login.example.com/{tenant}/auth
+      token_url: https://login.example.com/{tenant}/token
+      client_id: c4
+      pkce: false
+      params: {audience: mail}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := cfg.Profiles["public"].Credentials
+	if !pub.Delegated() || pub.Account != "me@contoso.com" || pub.Scopes[0] != "https://outlook.office.com/IMAP.AccessAsUser.All" || pub.RedirectURL != "http://localhost" {
+		t.Fatalf("public app: %+v", pub)
+	}
+	ms := cfg.Profiles["ms"].Credentials
+	if ms.Grant != GrantRefreshToken || ms.TokenURL != "https://login.microsoftonline.com/contoso/oauth2/v2.0/token" ||
+		ms.DeviceURL != "https://login.microsoftonline.com/contoso/oauth2/v2.0/devicecode" || ms.Account != "me@contoso.com" || !*ms.PKCE {
+		t.Fatalf("microsoft preset: %+v", ms)
+	}
+	g := cfg.Profiles["gmail"].Credentials
+	if g.DeviceURL != "" || g.Params["access_type"] != "offline" || g.Scopes[0] != "https://mail.google.com/" {
+		t.Fatalf("google preset: %+v", g)
+	}
+	c := cfg.Profiles["custom"].Credentials
+	if c.AuthorizeURL != "https://login.example.com/t9/auth" || c.Grant != GrantRefreshToken || *c.PKCE || c.Params["audience"] != "mail" {
+		t.Fatalf("custom: %+v", c)
+	}
+
+	_, err = Parse([]byte(`
+admin: {listen: "0.0.0.0:8025", username: admin}
+alerts: {webhook_url: "ftp://x"}
+profiles:
+  public:
+    mailbox: shared@contoso.com
+    imap: {listen: "1143", upstream: {host: outlook.office365.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: microsoft365, app: public, tenant_id: contoso, client_id: c1, client_secret: x}
+  custom:
+    mailbox: me@example.com
+    imap: {listen: "1146", upstream: {host: imap.example.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: oauth2, provider: yahoo, authorize_url: "https://x/{tenant}/a", token_url: https://x/t, client_id: c}
+`))
+	for _, want := range []string{
+		"profiles.public.credentials.app: a public app has no client secret",
+		"token_store: required for microsoft365 app: public",
+		"profiles.custom.credentials.provider: \"yahoo\" is not one of microsoft, google",
+		"profiles.custom.credentials.tenant_id: required: authorize_url has a {tenant} placeholder",
+		"admin.username: give username and password together",
+		"admin.tls: required when admin.listen is not on loopback",
+		"alerts.webhook_url: not an http(s) URL",
+	} {
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("missing problem %q in:\n%v", want, err)
+		}
+	}
+}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, and the
-# real clients (swaks, fetchmail, curl, Python 3). Debian/Ubuntu, as root. Safe to run twice.
+# Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, the
+# real clients (swaks, fetchmail, curl, Python 3) and Chromium (the admin page
+# is tested in it, headless). Debian/Ubuntu, as root. Safe to run twice.
 set -euo pipefail
 pkgs=()
 [ -x /usr/sbin/dovecot ] || pkgs+=(dovecot-core)
@@ -14,6 +15,7 @@ command -v curl >/dev/null || pkgs+=(curl)
 command -v openssl >/dev/null || pkgs+=(openssl)
 command -v ss >/dev/null || pkgs+=(iproute2)
 [ -x /usr/bin/python3 ] || pkgs+=(python3)
+[ -x /usr/bin/chromium ] || pkgs+=(chromium)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 echo "installing: ${pkgs[*]}"
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections

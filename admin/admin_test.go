@@ -54,8 +54,8 @@ func (g *fakeGrant) Redeem(_ context.Context, account, code, _, verifier string)
 	return account, nil
 }
 func (g *fakeGrant) DeviceCode(context.Context, string) (*tokens.DeviceAuth, error) { return nil, nil }
-func (g *fakeGrant) Remove(context.Context, string) (bool, error)                  { return false, nil }
-func (g *fakeGrant) Key(a string) string                                          { return a }
+func (g *fakeGrant) Remove(context.Context, string) (bool, error)                   { return false, nil }
+func (g *fakeGrant) Key(a string) string                                            { return a }
 
 func newTestServer(t *testing.T) (*httptest.Server, *fakeCache, *fakeGrant, *Metrics) {
 	cache := &fakeCache{st: tokens.State{NeedsSignIn: true, LastError: "invalid_grant: AADSTS700082"}}

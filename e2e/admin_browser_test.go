@@ -76,7 +76,7 @@ admin:
   password: %s
 profiles:
 %s%s`, filepath.Join(t.TempDir(), "tokens.enc"), tokens.NewKey(), adminAddr, adminPass,
-		delegatedProfile("web", erin, smtpAddr, imapAddr), oauthProfile("app-only", freeAddr(t), bob, genericCreds(), "")))
+		delegatedProfile("web", ivy, smtpAddr, imapAddr), oauthProfile("app-only", freeAddr(t), bob, genericCreds(), "")))
 	startProxyFile(t, cfg, smtpAddr, imapAddr, adminAddr)
 	admin := "http://" + adminAddr
 
@@ -103,8 +103,8 @@ profiles:
 	before := text("state-web")
 	do("press Get token", chromedp.Click(chromedp.ID("signin-web")), chromedp.WaitVisible(chromedp.ID("username")))
 	do("sign in at the provider",
-		chromedp.SetValue(chromedp.ID("username"), erin),
-		chromedp.SetValue(chromedp.ID("password"), personPassword(erin)),
+		chromedp.SetValue(chromedp.ID("username"), ivy),
+		chromedp.SetValue(chromedp.ID("password"), personPassword(ivy)),
 		chromedp.Click(chromedp.ID("signin")),
 		chromedp.WaitVisible(chromedp.ID("notice")))
 	notice, after := text("notice"), text("state-web")
@@ -116,7 +116,7 @@ profiles:
 	if !strings.Contains(notice, "web") || !strings.Contains(after, "valid until") {
 		t.Fatalf("after signing in: notice %q, state %q", notice, after)
 	}
-	if verdict != "passed" || !strings.Contains(report, "smtp   ok") || !strings.Contains(report, "imap   ok") || !strings.Contains(report, "as "+erin+" accepted") {
+	if verdict != "passed" || !strings.Contains(report, "smtp   ok") || !strings.Contains(report, "imap   ok") || !strings.Contains(report, "as "+ivy+" accepted") {
 		t.Fatalf("Test: %s\n%s", verdict, report)
 	}
 	if code, body := get(t, admin+"/readyz", ""); code != 200 {

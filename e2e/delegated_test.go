@@ -227,7 +227,7 @@ func TestDelegatedTokenLifecycle(t *testing.T) {
 	env.idp.TTL = 2 * time.Minute
 	t.Cleanup(func() { env.idp.TTL = time.Hour })
 	store := filepath.Join(t.TempDir(), "tokens.enc")
-	smtpAddr, imapDave, imapFrank, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
+	smtpAddr, imapGina, imapHank, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	hook := newHookReceiver(t)
 	const adminToken = "admin-bearer-secret-value"
 	cfg := writeConfig(t, fmt.Sprintf(`token_store:
@@ -241,17 +241,17 @@ alerts:
   webhook_url: %s
 profiles:
 %s%s`, store, tokens.NewKey(), adminAddr, adminToken, hook.url,
-		delegatedProfile("delegated", dave, smtpAddr, imapDave), delegatedProfile("frank-reads", frank, "", imapFrank)))
+		delegatedProfile("delegated", gina, smtpAddr, imapGina), delegatedProfile("hank-reads", hank, "", imapHank)))
 
-	addOut := tokenAdd(t, cfg, "delegated", dave, frank)
-	if !strings.Contains(addOut, "credentials.account: "+frank) {
+	addOut := tokenAdd(t, cfg, "delegated", gina, hank)
+	if !strings.Contains(addOut, "credentials.account: "+hank) {
 		t.Errorf("token add did not say which profile setting uses the second account:\n%s", addOut)
 	}
 	list, err := exec.Command(env.bin, "token", "list", "-config", cfg).CombinedOutput()
 	if err != nil {
 		t.Fatalf("token list: %v\n%s", err, list)
 	}
-	for _, want := range []string{msPublicApp + "/" + dave, "delegated", msPublicApp + "/" + frank, "frank-reads", "IMAP.AccessAsUser.All"} {
+	for _, want := range []string{msPublicApp + "/" + gina, "delegated", msPublicApp + "/" + hank, "hank-reads", "IMAP.AccessAsUser.All"} {
 		if !strings.Contains(string(list), want) {
 			t.Errorf("token list lacks %q:\n%s", want, list)
 		}
@@ -259,25 +259,25 @@ profiles:
 	if fi, err := os.Stat(store); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Fatalf("token store: %v %v", fi, err)
 	}
-	if raw, _ := os.ReadFile(store); regexp.MustCompile(`rt-|at-|` + dave).Match(raw) {
+	if raw, _ := os.ReadFile(store); regexp.MustCompile(`rt-|at-|` + gina).Match(raw) {
 		t.Fatal("token store holds a token or an account in clear text")
 	}
 
-	p := startProxyFile(t, cfg, smtpAddr, imapDave, imapFrank, adminAddr)
+	p := startProxyFile(t, cfg, smtpAddr, imapGina, imapHank, adminAddr)
 	admin := "http://" + adminAddr
 	eventually(t, "/readyz is 200 once both grants gave tokens", func() bool {
 		code, _ := get(t, admin+"/readyz", "")
 		return code == 200
 	})
 
-	// A real client sends with dave's grant and reads dave's and frank's mailboxes.
+	// A real client sends with gina's grant and reads gina's and hank's mailboxes.
 	marker := uniqueMarker(t)
 	if r := pySend(t, smtpAddr, localUser, localPass, bob, simpleMessage(marker), 1); !r.OK {
 		t.Fatalf("send: %+v", r)
 	}
 	waitForMessage(t, bob, marker)
-	host, port, _ := net.SplitHostPort(imapDave)
-	for user, addr := range map[string]string{dave: imapDave, frank: imapFrank} {
+	host, port, _ := net.SplitHostPort(imapGina)
+	for user, addr := range map[string]string{gina: imapGina, hank: imapHank} {
 		host, port, _ = net.SplitHostPort(addr)
 		marker := uniqueMarker(t)
 		stored := deliver(t, user, messageWith(marker), marker)
@@ -289,7 +289,7 @@ profiles:
 		sameBytes(t, user+" FETCH BODY[]", got, stored)
 	}
 	code, metrics := get(t, admin+"/metrics", adminToken)
-	for _, want := range []string{`mailproxy_messages_relayed_total{profile="delegated"} 1`, `mailproxy_sessions_total{profile="frank-reads",protocol="imap"} 1`,
+	for _, want := range []string{`mailproxy_messages_relayed_total{profile="delegated"} 1`, `mailproxy_sessions_total{profile="hank-reads",protocol="imap"} 1`,
 		`mailproxy_token_needs_sign_in{profile="delegated"} 0`, `mailproxy_upstream_login_seconds_count{protocol="imap"} 2`} {
 		if code != 200 || !strings.Contains(metrics, want) {
 			t.Errorf("/metrics (%d) lacks %s", code, want)
@@ -299,9 +299,9 @@ profiles:
 		t.Errorf("/metrics without the token: %d, want 401", code)
 	}
 
-	// An admin revokes dave's sessions: a person must sign in again.
-	env.idp.RevokeUser(dave)
-	host, port, _ = net.SplitHostPort(imapDave)
+	// An admin revokes gina's sessions: a person must sign in again.
+	env.idp.RevokeUser(gina)
+	host, port, _ = net.SplitHostPort(imapGina)
 	for range 3 {
 		r := runPyRaw(t, "imapclient.py", host, port, localUser, localPass, "quoted", "fetch", "none", filepath.Join(t.TempDir(), "x"))
 		if !strings.Contains(r, "UNAVAILABLE") || !strings.Contains(r, "mailproxy token add delegated") {
@@ -321,7 +321,7 @@ profiles:
 		t.Fatalf("%d needs_sign_in log events, want 1", c)
 	}
 	code, ready := get(t, admin+"/readyz", "")
-	if code != 503 || !strings.Contains(ready, "profile delegated: a person must sign in") || strings.Contains(ready, "frank-reads") {
+	if code != 503 || !strings.Contains(ready, "profile delegated: a person must sign in") || strings.Contains(ready, "hank-reads") {
 		t.Fatalf("/readyz after revocation: %d %s", code, ready)
 	}
 	if _, metrics := get(t, admin+"/metrics", adminToken); !strings.Contains(metrics, `mailproxy_token_needs_sign_in{profile="delegated"} 1`) ||
@@ -329,10 +329,10 @@ profiles:
 		t.Fatalf("/metrics after revocation lacks the sign-in gauge or error class:\n%s", grepLines(metrics, "delegated"))
 	}
 
-	// dave signs in again while mailproxy runs: no restart needed.
-	tokenAdd(t, cfg, "delegated", dave)
+	// gina signs in again while mailproxy runs: no restart needed.
+	tokenAdd(t, cfg, "delegated", gina)
 	marker = uniqueMarker(t)
-	stored := deliver(t, dave, messageWith(marker), marker)
+	stored := deliver(t, gina, messageWith(marker), marker)
 	out := filepath.Join(t.TempDir(), "fetched.eml")
 	if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
 		t.Fatalf("after signing in again: %v\n%s", err, b)
@@ -344,7 +344,7 @@ profiles:
 	// Nothing secret in any output, at debug level.
 	all := p.logs.String() + addOut + string(list) + metrics
 	for _, leak := range []*regexp.Regexp{regexp.MustCompile(`\b(rt|at|code|dc)-[A-Za-z0-9_-]{16,}`), regexp.MustCompile(regexp.QuoteMeta(localPass)),
-		regexp.MustCompile(adminToken), regexp.MustCompile("hook-secret-path"), regexp.MustCompile(personPassword(dave))} {
+		regexp.MustCompile(adminToken), regexp.MustCompile("hook-secret-path"), regexp.MustCompile(personPassword(gina))} {
 		if m := leak.FindString(all); m != "" {
 			t.Fatalf("secret in the output: %q", m)
 		}
@@ -374,15 +374,15 @@ func grepLines(s, sub string) string {
 // redirect to token add). Each grant then logs a real client in to Dovecot.
 func TestGenericProviderSignIns(t *testing.T) {
 	need(t)
-	imapFrank, imapErin := freeAddr(t), freeAddr(t)
+	imapHank, imapIvy := freeAddr(t), freeAddr(t)
 	msCreds := fmt.Sprintf("      type: oauth2\n      provider: microsoft\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n", env.idpURL, tenant, msPublicApp)
 	customCreds := fmt.Sprintf("      type: oauth2\n      authorize_url: %s/authorize\n      token_url: %s/token\n      client_id: %s\n      scopes: [mail, offline_access]\n      params: {prompt: consent}\n",
 		env.idpURL, env.idpURL, customApp)
 	cfg := writeConfig(t, fmt.Sprintf("token_store:\n  path: %s\n  key: %s\nprofiles:\n%s%s",
 		filepath.Join(t.TempDir(), "tokens.enc"), tokens.NewKey(),
-		receivingProfile("ms-generic", imapFrank, "", frank, msCreds), receivingProfile("custom", imapErin, "", erin, customCreds)))
+		receivingProfile("ms-generic", imapHank, "", hank, msCreds), receivingProfile("custom", imapIvy, "", ivy, customCreds)))
 
-	tokenAdd(t, cfg, "ms-generic", frank)
+	tokenAdd(t, cfg, "ms-generic", hank)
 
 	term := startTerminal(t, "token", "add", "-config", cfg, "custom")
 	m := term.expect(`sign in as \S+:\s+(https://\S+)`)
@@ -391,14 +391,14 @@ func TestGenericProviderSignIns(t *testing.T) {
 	if q.Get("code_challenge_method") != "S256" || q.Get("prompt") != "consent" || !strings.HasPrefix(q.Get("redirect_uri"), "http://localhost:") {
 		t.Fatalf("authorize URL: %s", m[1])
 	}
-	browseAndSignIn(t, m[1], erin)
-	term.expect(`Signed in as ` + regexp.QuoteMeta(erin))
+	browseAndSignIn(t, m[1], ivy)
+	term.expect(`Signed in as ` + regexp.QuoteMeta(ivy))
 	term.expect(`Add another account\? \[y/N\] `)
 	term.typeLine("")
 	term.wait()
 
-	startProxyFile(t, cfg, imapFrank, imapErin)
-	for user, addr := range map[string]string{frank: imapFrank, erin: imapErin} {
+	startProxyFile(t, cfg, imapHank, imapIvy)
+	for user, addr := range map[string]string{hank: imapHank, ivy: imapIvy} {
 		host, port, _ := net.SplitHostPort(addr)
 		marker := uniqueMarker(t)
 		stored := deliver(t, user, messageWith(marker), marker)

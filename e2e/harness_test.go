@@ -35,12 +35,16 @@ import (
 
 // Identities registered at the fake IdP.
 const (
-	alice        = "alice@example.test"
-	bob          = "bob@example.test"
-	carol        = "carol@example.test"
-	dave         = "dave@example.test"
-	erin         = "erin@example.test"
-	frank        = "frank@example.test"
+	alice = "alice@example.test"
+	bob   = "bob@example.test"
+	carol = "carol@example.test"
+	dave  = "dave@example.test"
+	erin  = "erin@example.test"
+	frank = "frank@example.test"
+	// People who sign in (delegated credentials); nothing else reads their mail.
+	gina         = "gina@example.test"
+	hank         = "hank@example.test"
+	ivy          = "ivy@example.test"
 	tenant       = "contoso.example"
 	msSecretApp  = "11111111-aaaa-4bbb-8ccc-000000000001"
 	msSecret     = "ms-client-secret-value"
@@ -248,7 +252,7 @@ func registerIdentities(work string) error {
 	// People who sign in (token add, the admin page) to a public app.
 	env.idp.AddPublicApp(idp.PublicApp{Tenant: tenant, ClientID: msPublicApp,
 		RedirectURIs: []string{"http://localhost", "http://127.0.0.1/oauth/callback"}})
-	for _, u := range []string{dave, erin, frank} {
+	for _, u := range []string{gina, hank, ivy} {
 		env.idp.AddUser(u, personPassword(u))
 	}
 	env.idp.AddPublicApp(idp.PublicApp{ClientID: customApp, RedirectURIs: []string{"http://localhost/"}})

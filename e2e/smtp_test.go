@@ -357,12 +357,19 @@ func TestMessagesPerSessionLimitsUpstreamSessions(t *testing.T) {
 func TestSIGTERMFinishesTheMessageInFlight(t *testing.T) {
 	need(t)
 	addr := freeAddr(t)
-	p := startProxy(t, "profiles:\n"+oauthProfile("sending", addr, bob, genericCreds(), ""), addr)
+	p := startProxy(t, "log: {level: debug}\nprofiles:\n"+oauthProfile("sending", addr, bob, genericCreds(), ""), addr)
 	marker := uniqueMarker(t)
 	msg := bigMessage(marker, 20<<20)
 	res := make(chan sendResult, 1)
 	go func() { res <- pySend(t, addr, localUser, localPass, bob, msg, 1) }()
-	time.Sleep(300 * time.Millisecond) // the message is being streamed
+	// The client's MAIL opened the upstream session; then DATA streams 20 MB.
+	for deadline := time.Now().Add(20 * time.Second); !strings.Contains(p.logs.String(), "upstream session opened"); {
+		if time.Now().After(deadline) {
+			t.Fatal("the client never reached MAIL")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond)
 	p.cmd.Process.Signal(syscall.SIGTERM)
 	r := <-res
 	if !r.OK {

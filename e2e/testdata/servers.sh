@@ -93,7 +93,7 @@ chmod 644 "$TLS"/*.pem; chmod 600 "$TLS"/*.key
 log "tls ok"
 
 # --------------------------------------------------------- 4. users
-USERS="alice bob sink carol dave erin frank bulk"
+USERS="alice bob sink carol dave erin frank bulk gina hank ivy"
 
 # ----------------------------------------------------------------- 5. dovecot
 : >"$DIR/dovecot/users"

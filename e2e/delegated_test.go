@@ -276,18 +276,8 @@ profiles:
 		t.Fatalf("send: %+v", r)
 	}
 	waitForMessage(t, bob, marker)
-	host, port, _ := net.SplitHostPort(imapGina)
-	for user, addr := range map[string]string{gina: imapGina, hank: imapHank} {
-		host, port, _ = net.SplitHostPort(addr)
-		marker := uniqueMarker(t)
-		stored := deliver(t, user, messageWith(marker), marker)
-		out := filepath.Join(t.TempDir(), "fetched.eml")
-		if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
-			t.Fatalf("%s: %v\n%s", user, err, b)
-		}
-		got, _ := os.ReadFile(out)
-		sameBytes(t, user+" FETCH BODY[]", got, stored)
-	}
+	readsThrough(t, gina, imapGina)
+	readsThrough(t, hank, imapHank)
 	code, metrics := get(t, admin+"/metrics", adminToken)
 	for _, want := range []string{`mailproxy_messages_relayed_total{profile="delegated"} 1`, `mailproxy_sessions_total{profile="hank-reads",protocol="imap"} 1`,
 		`mailproxy_token_needs_sign_in{profile="delegated"} 0`, `mailproxy_upstream_login_seconds_count{protocol="imap"} 2`} {
@@ -301,7 +291,7 @@ profiles:
 
 	// An admin revokes gina's sessions: a person must sign in again.
 	env.idp.RevokeUser(gina)
-	host, port, _ = net.SplitHostPort(imapGina)
+	host, port, _ := net.SplitHostPort(imapGina)
 	for range 3 {
 		r := runPyRaw(t, "imapclient.py", host, port, localUser, localPass, "quoted", "fetch", "none", filepath.Join(t.TempDir(), "x"))
 		if !strings.Contains(r, "UNAVAILABLE") || !strings.Contains(r, "mailproxy token add delegated") {
@@ -331,14 +321,7 @@ profiles:
 
 	// gina signs in again while mailproxy runs: no restart needed.
 	tokenAdd(t, cfg, "delegated", gina)
-	marker = uniqueMarker(t)
-	stored := deliver(t, gina, messageWith(marker), marker)
-	out := filepath.Join(t.TempDir(), "fetched.eml")
-	if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
-		t.Fatalf("after signing in again: %v\n%s", err, b)
-	}
-	got, _ := os.ReadFile(out)
-	sameBytes(t, "FETCH BODY[] after signing in again", got, stored)
+	readsThrough(t, gina, imapGina)
 	eventually(t, "/readyz is 200 again", func() bool { code, _ := get(t, admin+"/readyz", ""); return code == 200 })
 
 	// Nothing secret in any output, at debug level.
@@ -398,17 +381,23 @@ func TestGenericProviderSignIns(t *testing.T) {
 	term.wait()
 
 	startProxyFile(t, cfg, imapHank, imapIvy)
-	for user, addr := range map[string]string{hank: imapHank, ivy: imapIvy} {
-		host, port, _ := net.SplitHostPort(addr)
-		marker := uniqueMarker(t)
-		stored := deliver(t, user, messageWith(marker), marker)
-		out := filepath.Join(t.TempDir(), "fetched.eml")
-		if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
-			t.Fatalf("%s: %v\n%s", user, err, b)
-		}
-		got, _ := os.ReadFile(out)
-		sameBytes(t, user+" FETCH BODY[]", got, stored)
+	readsThrough(t, hank, imapHank)
+	readsThrough(t, ivy, imapIvy)
+}
+
+// readsThrough delivers a message to user and reads it back with imaplib
+// through mailproxy's IMAP listener at addr, byte for byte.
+func readsThrough(t *testing.T, user, addr string) {
+	t.Helper()
+	host, port, _ := net.SplitHostPort(addr)
+	marker := uniqueMarker(t)
+	stored := deliver(t, user, messageWith(marker), marker)
+	out := filepath.Join(t.TempDir(), "fetched.eml")
+	if b, err := pyFetch(host, port, localUser, localPass, "quoted")(marker, out); err != nil {
+		t.Fatalf("%s: %v\n%s", user, err, b)
 	}
+	got, _ := os.ReadFile(out)
+	sameBytes(t, user+" FETCH BODY[]", got, stored)
 }
 
 // browseAndSignIn is a person's browser: it opens authURL, signs in as

@@ -25,15 +25,8 @@ func cmdCheck(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := fs.Parse(args); err != nil || fs.NArg() != 1 {
 		return errUsage
 	}
-	cfg, err := config.Load(configPath(*cfgPath))
-	if err != nil {
-		return err
-	}
 	name := fs.Arg(0)
-	if _, ok := cfg.Profiles[name]; !ok {
-		return fmt.Errorf("no profile %q; profiles: %s", name, strings.Join(cfg.ProfileNames(), ", "))
-	}
-	a, err := build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
+	a, err := loadApp(*cfgPath, name, stderr)
 	if err != nil {
 		return err
 	}
@@ -116,6 +109,19 @@ func runCheck(ctx context.Context, a *app, name, sendTo string, stdout io.Writer
 		})
 	}
 	return !failed
+}
+
+// loadApp loads the configuration for a one-off command and builds it,
+// logging warnings to stderr. A non-empty profile must exist.
+func loadApp(cfgFlag, profile string, stderr io.Writer) (*app, error) {
+	cfg, err := config.Load(configPath(cfgFlag))
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := cfg.Profiles[profile]; profile != "" && !ok {
+		return nil, fmt.Errorf("no profile %q; profiles: %s", profile, strings.Join(cfg.ProfileNames(), ", "))
+	}
+	return build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
 }
 
 // loginName is how check names a login mechanism.

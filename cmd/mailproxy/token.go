@@ -8,7 +8,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
 	"slices"
 	"sort"
 	"strings"
@@ -37,18 +36,11 @@ func cmdToken(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 
 // delegatedProfile loads the configuration and the profile's delegated credential.
 func delegatedProfile(cfgFlag, name string, stderr io.Writer) (*app, tokens.Delegated, error) {
-	cfg, err := config.Load(configPath(cfgFlag))
+	a, err := loadApp(cfgFlag, name, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
-	p, ok := cfg.Profiles[name]
-	if !ok {
-		return nil, nil, fmt.Errorf("no profile %q; profiles: %s", name, strings.Join(cfg.ProfileNames(), ", "))
-	}
-	a, err := build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		return nil, nil, err
-	}
+	p := a.cfg.Profiles[name]
 	d := a.delegated[name]
 	if d == nil {
 		return nil, nil, fmt.Errorf("profile %q: credentials type %s gets its tokens without a person; token add is for microsoft365 with app: public and oauth2 with grant: refresh_token", name, p.Credentials.Type)
@@ -145,14 +137,11 @@ func cmdTokenList(args []string, stdout, stderr io.Writer) error {
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errUsage
 	}
-	cfg, err := config.Load(configPath(*cfgPath))
+	a, err := loadApp(*cfgPath, "", stderr)
 	if err != nil {
 		return err
 	}
-	a, err := build(cfg, slog.New(slog.NewTextHandler(stderr, &slog.HandlerOptions{Level: slog.LevelWarn})))
-	if err != nil {
-		return err
-	}
+	cfg := a.cfg
 	if a.store == nil {
 		return errors.New("no token_store in the configuration: nothing is stored")
 	}

@@ -69,7 +69,7 @@ func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
 	if err != nil {
 		err = fromMSAL(err)
-		if e, ok := m.Store.Get(key); !ok || e.LastError != err.Error() {
+		if e, ok := m.Store.Get(key); ok && e.LastError != err.Error() {
 			_ = m.Store.Update(key, func(e *Entry) { e.LastError = err.Error() })
 		}
 		return nil, err

@@ -153,3 +153,25 @@ func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
 		t.Fatalf("last error not recorded for token list: %q", e.LastError)
 	}
 }
+
+// What a token refresh pays to read the store (a stat: the file is not
+// decrypted again unless another process changed it), against opening it.
+func BenchmarkStore(b *testing.B) {
+	path := filepath.Join(b.TempDir(), "tokens.enc")
+	key, _ := ParseKey(NewKey())
+	st, _ := OpenStore(path, key)
+	for i := range 50 {
+		st.Put(fmt.Sprintf("client/user%d@example.com", i), Entry{RefreshToken: strings.Repeat("r", 1500), Scopes: []string{"a", "b"}})
+	}
+	st.PutCache("msal", bytes.Repeat([]byte("x"), 20000))
+	b.Run("Get", func(b *testing.B) {
+		for b.Loop() {
+			st.Get("client/user7@example.com")
+		}
+	})
+	b.Run("Open", func(b *testing.B) {
+		for b.Loop() {
+			OpenStore(path, key)
+		}
+	})
+}

@@ -50,15 +50,25 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		return err
 	}
 	listeners := map[string]net.Listener{}
+	closeAll := func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}
 	for addr, spec := range servers {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
-			for _, l := range listeners {
-				l.Close()
-			}
+			closeAll()
 			return fmt.Errorf("%s listener: %w", spec.proto, err)
 		}
 		listeners[addr] = l
+	}
+	var adminL net.Listener
+	if adm != nil {
+		if adminL, err = net.Listen("tcp", adm.Addr); err != nil {
+			closeAll()
+			return fmt.Errorf("admin listener: %w", err)
+		}
 	}
 
 	runCtx, cancelRun := context.WithCancel(ctx)
@@ -78,23 +88,18 @@ func serve(ctx context.Context, cfg *config.Config, log *slog.Logger) error {
 		log.Info("listening", "proto", servers[addr].proto, "addr", listeners[addr].Addr().String())
 	}
 	if adm != nil {
-		l, err := net.Listen("tcp", adm.Addr)
-		if err != nil {
-			cancelRun()
-			return fmt.Errorf("admin listener: %w", err)
-		}
 		go func() {
 			var err error
 			if adm.TLSConfig != nil {
-				err = adm.ServeTLS(l, "", "")
+				err = adm.ServeTLS(adminL, "", "")
 			} else {
-				err = adm.Serve(l)
+				err = adm.Serve(adminL)
 			}
 			if !errors.Is(err, http.ErrServerClosed) {
 				errc <- fmt.Errorf("admin listener: %w", err)
 			}
 		}()
-		log.Info("listening", "proto", "admin", "addr", l.Addr().String())
+		log.Info("listening", "proto", "admin", "addr", adminL.Addr().String())
 	}
 	a.ready.Store(true)
 

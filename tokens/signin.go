@@ -96,7 +96,12 @@ func BrowserSignIn(ctx context.Context, d Delegated, account, redirect string, s
 		}
 	})}
 	go srv.Serve(l)
-	defer srv.Close()
+	defer func() {
+		// Let the browser get its "signed in" page before the server goes.
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+	}()
 	show(authURL)
 	select {
 	case r := <-done:

@@ -361,9 +361,12 @@ func TestGenericProviderSignIns(t *testing.T) {
 	msCreds := fmt.Sprintf("      type: oauth2\n      provider: microsoft\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n", env.idpURL, tenant, msPublicApp)
 	customCreds := fmt.Sprintf("      type: oauth2\n      authorize_url: %s/authorize\n      token_url: %s/token\n      client_id: %s\n      scopes: [mail, offline_access]\n      params: {prompt: consent}\n",
 		env.idpURL, env.idpURL, customApp)
-	cfg := writeConfig(t, fmt.Sprintf("token_store:\n  path: %s\n  key: %s\nprofiles:\n%s%s",
+	imapPaste := freeAddr(t)
+	pasteCreds := customCreds + "      redirect_url: " + pasteRedirect + "\n"
+	cfg := writeConfig(t, fmt.Sprintf("token_store:\n  path: %s\n  key: %s\nprofiles:\n%s%s%s",
 		filepath.Join(t.TempDir(), "tokens.enc"), tokens.NewKey(),
-		receivingProfile("ms-generic", imapHank, "", hank, msCreds), receivingProfile("custom", imapIvy, "", ivy, customCreds)))
+		receivingProfile("ms-generic", imapHank, "", hank, msCreds), receivingProfile("custom", imapIvy, "", ivy, customCreds),
+		receivingProfile("custom-paste", imapPaste, "", gina, pasteCreds)))
 
 	tokenAdd(t, cfg, "ms-generic", hank)
 
@@ -374,16 +377,34 @@ func TestGenericProviderSignIns(t *testing.T) {
 	if q.Get("code_challenge_method") != "S256" || q.Get("prompt") != "consent" || !strings.HasPrefix(q.Get("redirect_uri"), "http://localhost:") {
 		t.Fatalf("authorize URL: %s", m[1])
 	}
-	browseAndSignIn(t, m[1], ivy)
+	browseAndSignIn(t, m[1], ivy, true)
 	term.expect(`Signed in as ` + regexp.QuoteMeta(ivy))
 	term.expect(`Add another account\? \[y/N\] `)
 	term.typeLine("")
 	term.wait()
 
-	startProxyFile(t, cfg, imapHank, imapIvy)
+	// A redirect mailproxy cannot listen on: the person pastes where the browser ended.
+	term = startTerminal(t, "token", "add", "-paste", "-config", cfg, "custom-paste")
+	m = term.expect(`sign in as \S+:\s+(https://\S+)`)
+	landed := browseAndSignIn(t, m[1], gina, false)
+	if !strings.HasPrefix(landed, pasteRedirect+"?") {
+		t.Fatalf("the provider sent the browser to %s", landed)
+	}
+	term.expect(`paste the address`)
+	term.typeLine(landed)
+	term.expect(`Signed in as ` + regexp.QuoteMeta(gina))
+	term.expect(`Add another account\? \[y/N\] `)
+	term.typeLine("n")
+	term.wait()
+
+	startProxyFile(t, cfg, imapHank, imapIvy, imapPaste)
 	readsThrough(t, hank, imapHank)
 	readsThrough(t, ivy, imapIvy)
+	readsThrough(t, gina, imapPaste)
 }
+
+// pasteRedirect is a registered redirect nothing listens on.
+const pasteRedirect = "https://app.example/oauth/done"
 
 // readsThrough delivers a message to user and reads it back with imaplib
 // through mailproxy's IMAP listener at addr, byte for byte.
@@ -400,11 +421,15 @@ func readsThrough(t *testing.T, user, addr string) {
 	sameBytes(t, user+" FETCH BODY[]", got, stored)
 }
 
-// browseAndSignIn is a person's browser: it opens authURL, signs in as
-// user on the provider's form and follows the redirect to token add.
-func browseAndSignIn(t *testing.T, authURL, user string) {
+// browseAndSignIn is a person's browser: it opens authURL and signs in as
+// user on the provider's form. With follow, it follows the redirect to
+// token add; without, it returns where the provider sent it.
+func browseAndSignIn(t *testing.T, authURL, user string, follow bool) string {
 	t.Helper()
 	c := idpClient(t)
+	if !follow {
+		c.CheckRedirect = func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }
+	}
 	resp, err := c.Get(authURL)
 	if err != nil {
 		t.Fatal(err)
@@ -423,7 +448,11 @@ func browseAndSignIn(t *testing.T, authURL, user string) {
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	if !follow {
+		return resp.Header.Get("Location")
+	}
 	if !strings.Contains(string(body), "Signed in as "+user) {
 		t.Fatalf("the browser ended on %s: %s", resp.Request.URL, body)
 	}
+	return resp.Request.URL.String()
 }

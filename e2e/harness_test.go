@@ -255,7 +255,7 @@ func registerIdentities(work string) error {
 	for _, u := range []string{gina, hank, ivy} {
 		env.idp.AddUser(u, personPassword(u))
 	}
-	env.idp.AddPublicApp(idp.PublicApp{ClientID: customApp, RedirectURIs: []string{"http://localhost/"}})
+	env.idp.AddPublicApp(idp.PublicApp{ClientID: customApp, RedirectURIs: []string{"http://localhost/", pasteRedirect}})
 	env.idp.DeviceInterval = time.Second
 	env.idp.AddClient(idp.Client{ID: genericID, Secret: genericSec, Mailbox: bob})
 	env.idp.AddRefreshToken(bobRefresh, bob)

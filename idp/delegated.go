@@ -115,6 +115,13 @@ func (s *Server) RevokeUser(mailbox string) {
 // DevicePolls counts device code token polls (slow_down included).
 func (s *Server) DevicePolls() int64 { return s.devicePolls.Load() }
 
+// DevicePollTimes returns when each device code poll came.
+func (s *Server) DevicePollTimes() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]time.Time(nil), s.polls...)
+}
+
 func redirectAllowed(registered []string, got string) bool {
 	gu, err := url.Parse(got)
 	if err != nil {
@@ -346,6 +353,12 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 		mailbox, scope = c.mailbox, c.scope
 	case "urn:ietf:params:oauth:grant-type:device_code", "device_code":
 		s.devicePolls.Add(1)
+		s.polls = append(s.polls, time.Now())
+		if s.DeviceSlowDown > 0 {
+			s.DeviceSlowDown--
+			fail(400, "slow_down", 70016, "OAuth 2.0 device flow error. Polling too fast: slow down.")
+			return
+		}
 		d, ok := s.devices[f.Get("device_code")]
 		switch {
 		case !ok || d.clientID != clientID:

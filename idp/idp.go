@@ -76,6 +76,9 @@ type Server struct {
 	// (default 5 s); DeviceTTL how long a device code lives (default 15 min).
 	DeviceInterval time.Duration
 	DeviceTTL      time.Duration
+	// DeviceSlowDown answers that many device code polls slow_down, as a
+	// busy server does (RFC 8628 §3.5: the client adds 5 s to its interval).
+	DeviceSlowDown int
 
 	mu        sync.Mutex
 	apps      map[string]MicrosoftApp // tenant/clientID
@@ -86,6 +89,7 @@ type Server struct {
 	users     map[string]string // mailbox -> password
 	codes     map[string]*authCode
 	devices   map[string]*deviceGrant
+	polls     []time.Time // device code polls
 	access    map[string]issued
 	faults    []int // status codes for the next token requests
 	down      bool

@@ -80,9 +80,16 @@ func NewOAuth2Delegated(o *OAuth2Delegated) (*OAuth2Delegated, error) {
 }
 
 func (o *OAuth2Delegated) config(redirectURI string) *oauth2.Config {
+	// A public client (no secret) sends its client_id in the form. x/oauth2's
+	// auto-detection would otherwise try a header first and repeat every
+	// failed request, which also defeats a device code slow_down.
+	style := oauth2.AuthStyleAutoDetect
+	if o.ClientSecret == "" {
+		style = oauth2.AuthStyleInParams
+	}
 	return &oauth2.Config{
 		ClientID: o.ClientID, ClientSecret: o.ClientSecret, Scopes: o.Scopes, RedirectURL: redirectURI,
-		Endpoint: oauth2.Endpoint{AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceURL},
+		Endpoint: oauth2.Endpoint{AuthURL: o.AuthorizeURL, TokenURL: o.TokenURL, DeviceAuthURL: o.DeviceURL, AuthStyle: style},
 	}
 }
 

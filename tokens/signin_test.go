@@ -236,3 +236,26 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 		t.Fatalf("removed account still works: %v", err)
 	}
 }
+
+// A server that says slow_down gets polled 5 s more slowly (RFC 8628 §3.5).
+func TestDeviceCodeSlowsDownWhenTold(t *testing.T) {
+	s, base, hc, st, _ := delegatedSetup(t)
+	s.DeviceSlowDown = 1
+	d := generic(base, hc, st, "alice@example.test")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	da, err := d.DeviceCode(ctx, "alice@example.test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.ApproveDevice(da.UserCode, "alice@example.test", "alice-pw"); err != nil {
+		t.Fatal(err)
+	}
+	if who, err := da.Wait(ctx); err != nil || who != "alice@example.test" {
+		t.Fatalf("device sign-in: %q %v", who, err)
+	}
+	polls := s.DevicePollTimes()
+	if len(polls) != 2 || polls[1].Sub(polls[0]) < 5900*time.Millisecond {
+		t.Fatalf("polls %v: want two, 1 s + 5 s apart after slow_down", polls)
+	}
+}

@@ -22,6 +22,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"mailproxy/idp"
+	"mailproxy/tokens"
 )
 
 // Names the demo uses.
@@ -29,6 +30,10 @@ const (
 	Mailbox      = "demo@mailproxy.test"
 	ClientID     = "demo-client"
 	ClientSecret = "demo-client-secret"
+	// PublicClientID is the app a person signs in to (delegated), as
+	// Mailbox with PersonPassword on the issuer's sign-in page.
+	PublicClientID = "demo-public-app"
+	PersonPassword = "demo"
 )
 
 // Env is a running demo: the issuer and the upstreams.
@@ -48,6 +53,9 @@ type Env struct {
 func Start(log *slog.Logger) (*Env, error) {
 	e := &Env{IdP: idp.New(), log: log}
 	e.IdP.AddClient(idp.Client{ID: ClientID, Secret: ClientSecret, Mailbox: Mailbox})
+	e.IdP.AddPublicApp(idp.PublicApp{ClientID: PublicClientID,
+		RedirectURIs: []string{"http://127.0.0.1/oauth/callback", "http://localhost/oauth/callback", "http://localhost/"}})
+	e.IdP.AddUser(Mailbox, PersonPassword)
 
 	hl, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -120,9 +128,32 @@ func (e *Env) Close() {
 	}
 }
 
-// Config is a mailproxy configuration that fronts this demo.
-func (e *Env) Config(smtpListen, imapListen, pop3Listen, localUser, localPassword string) string {
-	return fmt.Sprintf(`profiles:
+// Listeners are the demo's local addresses.
+type Listeners struct{ SMTP, IMAP, POP3, Admin string }
+
+// Config is a mailproxy configuration that fronts this demo: profile
+// "demo" (an app-only credential) on every protocol; profile "signed-in"
+// (a person signs in on the admin page), sharing the IMAP listener under
+// local user "person"; the admin page, with login localUser and
+// localPassword; and a token store at storePath.
+func (e *Env) Config(l Listeners, storePath, localUser, localPassword string) string {
+	base := strings.TrimSuffix(e.TokenURL, "/token")
+	return fmt.Sprintf(`token_store: {path: %q, key: %q}
+admin: {listen: %q, username: %q, password: %q}
+profiles:
+  signed-in:
+    mailbox: %s
+    imap:
+      listen: %s
+      upstream: {host: %q, tls: none}
+    local_users:
+      - {name: person-app, username: person, password: %q}
+    credentials:
+      type: oauth2
+      authorize_url: %s/authorize
+      token_url: %s/token
+      client_id: %s
+      scopes: [mail, offline_access]
   demo:
     mailbox: %s
     smtp:
@@ -147,7 +178,9 @@ func (e *Env) Config(smtpListen, imapListen, pop3Listen, localUser, localPasswor
       token_url: %s
       client_id: %s
       client_secret: %s
-`, Mailbox, smtpListen, e.SMTPAddr, imapListen, e.IMAPAddr, pop3Listen, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
+`, storePath, tokens.NewKey(), l.Admin, localUser, localPassword,
+		Mailbox, l.IMAP, e.IMAPAddr, localPassword, base, base, PublicClientID,
+		Mailbox, l.SMTP, e.SMTPAddr, l.IMAP, e.IMAPAddr, l.POP3, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
 }
 
 // session is one upstream SMTP session; it requires AUTH XOAUTH2 and

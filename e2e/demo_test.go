@@ -2,7 +2,13 @@ package e2e
 
 import (
 	"bytes"
+	"html"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/url"
 	"os/exec"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -12,9 +18,9 @@ import (
 // prints: send a message, read it back over IMAP and over POP3.
 func TestDemoRelaysTheCurlLinesItPrints(t *testing.T) {
 	need(t)
-	addr, imapAddr, pop3Addr := freeAddr(t), freeAddr(t), freeAddr(t)
+	addr, imapAddr, pop3Addr, adminAddr := freeAddr(t), freeAddr(t), freeAddr(t), freeAddr(t)
 	p := &proxy{t: t, logs: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(env.bin, "demo", "-smtp", addr, "-imap", imapAddr, "-pop3", pop3Addr)
+	p.cmd = exec.Command(env.bin, "demo", "-smtp", addr, "-imap", imapAddr, "-pop3", pop3Addr, "-admin", adminAddr)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
@@ -32,9 +38,11 @@ func TestDemoRelaysTheCurlLinesItPrints(t *testing.T) {
 			reads = append(reads, l)
 		}
 	}
-	if line == "" || len(reads) != 2 {
-		t.Fatalf("demo did not print a curl line to send and two to read:\n%s", p.logs.String())
+	if line == "" || len(reads) != 3 {
+		t.Fatalf("demo did not print a curl line to send and three to read:\n%s", p.logs.String())
 	}
+	signedIn := reads[2]
+	reads = reads[:2]
 	out, err := exec.Command("bash", "-c", line).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", line, err, out)
@@ -52,9 +60,55 @@ func TestDemoRelaysTheCurlLinesItPrints(t *testing.T) {
 			t.Fatalf("%s: %v\n%s", read, err, out)
 		}
 	}
+	// The third read uses a grant a person gives on the admin page: none yet.
+	if out, err := exec.Command("bash", "-c", signedIn).CombinedOutput(); err == nil || !bytes.Contains(out, []byte("Login denied")) {
+		t.Fatalf("read before anyone signed in: %v %s", err, out)
+	}
+	signInOnDemoAdminPage(t, "http://"+adminAddr)
+	if out, err := exec.Command("bash", "-c", signedIn).CombinedOutput(); err != nil || !bytes.Contains(out, []byte("Hello through mailproxy")) {
+		t.Fatalf("%s after signing in: %v\n%s", signedIn, err, out)
+	}
 	// A wrong local password is refused.
 	bad := strings.Replace(line, "--user demo:demo", "--user demo:nope", 1)
 	if out, err := exec.Command("bash", "-c", bad).CombinedOutput(); err == nil || !bytes.Contains(out, []byte("Login denied")) {
 		t.Fatalf("wrong demo password: %v %s", err, out)
+	}
+}
+
+// signInOnDemoAdminPage does what the demo tells a person to do: log in to
+// the admin page, press Get token for signed-in, and sign in on the
+// issuer's page (the Chromium test drives the same page in a browser).
+func signInOnDemoAdminPage(t *testing.T, admin string) {
+	t.Helper()
+	jar, _ := cookiejar.New(nil)
+	c := &http.Client{Jar: jar, Timeout: 20 * time.Second}
+	req, _ := http.NewRequest("POST", admin+"/profiles/signed-in/signin", nil)
+	req.SetBasicAuth("demo", "demo")
+	c.CheckRedirect = func(r *http.Request, via []*http.Request) error {
+		if strings.HasPrefix(r.URL.String(), admin) {
+			r.SetBasicAuth("demo", "demo") // the browser resends the page's login
+		}
+		return nil
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`type="hidden" name="([^"]+)" value="([^"]*)"`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	form.Set("username", "demo@mailproxy.test")
+	form.Set("password", "demo")
+	resp, err = c.PostForm(resp.Request.URL.String(), form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if !strings.Contains(string(body), "has a new grant") || !strings.Contains(string(body), "valid until") {
+		t.Fatalf("after signing in, the browser shows %s:\n%s", resp.Request.URL, body)
 	}
 }

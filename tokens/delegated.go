@@ -107,7 +107,7 @@ func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
 		rt = e.RefreshToken
 	}
 	if rt == "" {
-		return nil, &OAuthError{Code: "invalid_grant", Description: "no refresh token stored for " + o.Account + ": a person must sign in"}
+		return nil, &OAuthError{Code: "invalid_grant", Description: "no refresh token stored for " + o.Account}
 	}
 	tok, err := o.config("").TokenSource(withClient(ctx, o.HTTPClient), &oauth2.Token{RefreshToken: rt}).Token()
 	if err != nil {

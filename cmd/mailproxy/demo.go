@@ -5,6 +5,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"path/filepath"
 
 	"mailproxy/config"
 	"mailproxy/demo"
@@ -18,6 +20,7 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	smtpAddr := fs.String("smtp", "127.0.0.1:2525", "local SMTP listener")
 	imapAddr := fs.String("imap", "127.0.0.1:1143", "local IMAP listener")
 	pop3Addr := fs.String("pop3", "127.0.0.1:1110", "local POP3 listener")
+	adminAddr := fs.String("admin", "127.0.0.1:8025", "admin page")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errUsage
 	}
@@ -27,12 +30,18 @@ func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		return fmt.Errorf("demo: %w", err)
 	}
 	defer env.Close()
-	cfg, err := config.Parse([]byte(env.Config(*smtpAddr, *imapAddr, *pop3Addr, "demo", "demo")))
+	dir, err := os.MkdirTemp("", "mailproxy-demo-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	l := demo.Listeners{SMTP: *smtpAddr, IMAP: *imapAddr, POP3: *pop3Addr, Admin: *adminAddr}
+	cfg, err := config.Parse([]byte(env.Config(l, filepath.Join(dir, "tokens.enc"), "demo", "demo")))
 	if err != nil {
 		return fmt.Errorf("demo config: %w", err)
 	}
 	fmt.Fprintf(stdout, `mailproxy demo: everything below runs in this process; no cloud account is needed.
-  token issuer        %s (OAuth 2.0 client credentials)
+  token issuer        %s (OAuth 2.0: client credentials, and a sign-in page)
   upstream SMTP/IMAP/POP3  %s, %s, %s (accept only XOAUTH2; one mailbox in memory)
   mailproxy SMTP %s, IMAP %s, POP3 %s (local login demo / demo)
 
@@ -42,7 +51,13 @@ Read it back over IMAP, then over POP3:
   curl -sS 'imap://%s/INBOX;UID=1' --user demo:demo
   curl -sS pop3://%s/1 --user demo:demo
 
+A mailbox a person grants once (as a Microsoft public app or Gmail needs): open the admin
+page http://%s/ (user demo, password demo), press "Get token" for profile signed-in and
+sign in as %s with password %s. Then read with that grant:
+  curl -sS 'imap://%s/INBOX;UID=1' --user person:demo
+
 Stop with Ctrl-C.
-`, env.TokenURL, env.SMTPAddr, env.IMAPAddr, env.POP3Addr, *smtpAddr, *imapAddr, *pop3Addr, *smtpAddr, *imapAddr, *pop3Addr)
+`, env.TokenURL, env.SMTPAddr, env.IMAPAddr, env.POP3Addr, *smtpAddr, *imapAddr, *pop3Addr, *smtpAddr, *imapAddr, *pop3Addr,
+		*adminAddr, demo.Mailbox, demo.PersonPassword, *imapAddr)
 	return serve(ctx, cfg, log)
 }

@@ -24,7 +24,7 @@ var version = "dev"
 const usage = `mailproxy — a local SMTP, IMAP and POP3 proxy that logs in upstream with OAuth 2.0
 
 Usage:
-  mailproxy demo [-smtp ADDR] [-imap ADDR] [-pop3 ADDR]
+  mailproxy demo [-smtp ADDR] [-imap ADDR] [-pop3 ADDR] [-admin ADDR]
                                               run everything in-process, no cloud account needed
   mailproxy serve [-config FILE]              run the profiles in FILE
   mailproxy check [-config FILE] [-send-to ADDR] PROFILE

@@ -79,6 +79,9 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 				if d, ok := f.(tokens.Delegated); ok {
 					sc.d = d
 					opts.Fix = "a person must sign in: run mailproxy token add " + name
+					if cfg.Admin != nil {
+						opts.Fix += ", or press Get token on the admin page"
+					}
 				}
 				sc.cache = tokens.NewCache(name, f, opts)
 				shared[key] = sc

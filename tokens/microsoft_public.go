@@ -14,42 +14,52 @@ import (
 	"golang.org/x/oauth2"
 )
 
-// MicrosoftPublic is a Microsoft 365 public client app (delegated: a person
-// signs in, CMO's IntegrationType=Public). MSAL Go keeps its token cache,
-// refresh tokens included, in the Store through its cache serialisation
-// interface; several accounts share one cache per app.
-type MicrosoftPublic struct {
-	Authority string
-	TenantID  string
-	ClientID  string
-	Scopes    []string
-	// Account is the profile's account (its user principal name).
-	Account    string
-	Store      *Store
-	HTTPClient *http.Client
-
-	client public.Client
-	name   string // of the MSAL cache in the store
+// MicrosoftApp is one Microsoft 365 public client app (delegated: a person
+// signs in, CMO's IntegrationType=Public) and its MSAL Go client. MSAL keeps
+// its token cache, refresh tokens included, in the Store through its cache
+// serialisation interface; the accounts signed in to the app share it, and
+// so do the profiles that use them: one MSAL client per app, whose lock
+// orders the reads and writes of that cache within the process.
+type MicrosoftApp struct {
+	ClientID string
+	client   public.Client
+	name     string // of the MSAL cache in the store
+	store    *Store
 }
 
-// NewMicrosoftPublic builds the MSAL public client.
-func NewMicrosoftPublic(m *MicrosoftPublic) (*MicrosoftPublic, error) {
-	if m.Store == nil {
+// NewMicrosoftApp builds the MSAL public client for clientID at
+// authority/tenantID.
+func NewMicrosoftApp(authority, tenantID, clientID string, store *Store, hc *http.Client) (*MicrosoftApp, error) {
+	if store == nil {
 		return nil, errors.New("a token_store is needed to keep the signed-in accounts")
 	}
-	authority := strings.TrimRight(m.Authority, "/") + "/" + m.TenantID
-	m.name = "msal:" + authority + "/" + m.ClientID
+	authority = strings.TrimRight(authority, "/") + "/" + tenantID
+	a := &MicrosoftApp{ClientID: clientID, name: "msal:" + authority + "/" + clientID, store: store}
 	opts := []public.Option{public.WithAuthority(authority), public.WithInstanceDiscovery(false),
-		public.WithCache(msalCache{m.Store, m.name})}
-	if m.HTTPClient != nil {
-		opts = append(opts, public.WithHTTPClient(m.HTTPClient))
+		public.WithCache(msalCache{store, a.name})}
+	if hc != nil {
+		opts = append(opts, public.WithHTTPClient(hc))
 	}
-	c, err := public.New(m.ClientID, opts...)
+	c, err := public.New(clientID, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("microsoft365 authority %s: %w", authority, err)
 	}
-	m.client = c
-	return m, nil
+	a.client = c
+	return a, nil
+}
+
+// MicrosoftPublic is one account of a MicrosoftApp with the scopes a
+// profile asks for.
+type MicrosoftPublic struct {
+	*MicrosoftApp
+	Scopes []string
+	// Account is the profile's account (its user principal name).
+	Account string
+}
+
+// For is the app's Delegated credential for account and scopes.
+func (a *MicrosoftApp) For(account string, scopes []string) *MicrosoftPublic {
+	return &MicrosoftPublic{MicrosoftApp: a, Scopes: scopes, Account: account}
 }
 
 // Key is the account's entry in the store (what token list shows; the
@@ -69,12 +79,12 @@ func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
 	if err != nil {
 		err = fromMSAL(err)
-		if e, ok := m.Store.Get(key); ok && e.LastError != err.Error() {
-			_ = m.Store.Update(key, func(e *Entry) { e.LastError = err.Error() })
+		if e, ok := m.store.Get(key); ok && e.LastError != err.Error() {
+			_ = m.store.Update(key, func(e *Entry) { e.LastError = err.Error() })
 		}
 		return nil, err
 	}
-	if err := m.Store.Update(key, func(e *Entry) {
+	if err := m.store.Update(key, func(e *Entry) {
 		e.Provider, e.Scopes = m.name, m.Scopes
 		e.Updated, e.Expiry, e.LastError = time.Now(), res.ExpiresOn, ""
 	}); err != nil {
@@ -147,7 +157,7 @@ func (m *MicrosoftPublic) signedIn(res public.AuthResult) (string, error) {
 		return "", errors.New("the sign-in returned no account name (preferred_username)")
 	}
 	now := time.Now()
-	err := m.Store.Put(m.Key(who), Entry{Provider: m.name, Scopes: m.Scopes, Added: now, Updated: now, Expiry: res.ExpiresOn})
+	err := m.store.Put(m.Key(who), Entry{Provider: m.name, Scopes: m.Scopes, Added: now, Updated: now, Expiry: res.ExpiresOn})
 	return who, err
 }
 
@@ -160,7 +170,7 @@ func (m *MicrosoftPublic) Remove(ctx context.Context, account string) (bool, err
 			return false, err
 		}
 	}
-	gone, err := m.Store.Remove(m.Key(account))
+	gone, err := m.store.Remove(m.Key(account))
 	return had || gone, err
 }
 

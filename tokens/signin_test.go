@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -173,12 +174,11 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 	s.RotateRefresh = true
 	s.TTL = 2 * time.Minute // under MSAL's 5-minute margin: every Fetch redeems the refresh token
 	newApp := func(st *Store, account string) *MicrosoftPublic {
-		m, err := NewMicrosoftPublic(&MicrosoftPublic{Authority: base, TenantID: "contoso", ClientID: "app-1",
-			Scopes: []string{"https://outlook.office.com/IMAP.AccessAsUser.All"}, Account: account, Store: st, HTTPClient: hc})
+		app, err := NewMicrosoftApp(base, "contoso", "app-1", st, hc)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return m
+		return app.For(account, []string{"https://outlook.office.com/IMAP.AccessAsUser.All"})
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -220,6 +220,28 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 			if mb, ok := s.Validate(tok.AccessToken); !ok || mb != acct {
 				t.Fatalf("%s: token for %q", acct, mb)
 			}
+		}
+	}
+	// Both accounts refresh at once, again and again, each time rotating its
+	// refresh token (one MSAL client per app, as serve has): none is lost.
+	app, _ := NewMicrosoftApp(base, "contoso", "app-1", st, hc)
+	var wg sync.WaitGroup
+	for _, acct := range []string{"alice@example.test", "bob@example.test"} {
+		p := app.For(acct, []string{"https://outlook.office.com/IMAP.AccessAsUser.All"})
+		wg.Go(func() {
+			for range 10 {
+				if _, err := p.Fetch(ctx); err != nil {
+					t.Errorf("%s: concurrent refresh: %v", acct, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	for _, acct := range []string{"alice@example.test", "bob@example.test"} {
+		st2, _ := OpenStore(st.path, key)
+		if _, err := newApp(st2, acct).Fetch(ctx); err != nil {
+			t.Fatalf("%s after concurrent refreshes and a restart: %v", acct, err)
 		}
 	}
 	// The person's sessions are revoked: invalid_grant, a person is needed.

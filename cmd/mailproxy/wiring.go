@@ -36,6 +36,8 @@ type app struct {
 	observer proxy.Observer
 	// ready is set while every listener is up.
 	ready atomic.Bool
+	// msApps are the Microsoft public apps, one MSAL client each.
+	msApps map[string]*tokens.MicrosoftApp
 	smtp  map[string]*upstream.SMTP
 	imap  map[string]*upstream.IMAP
 	pop3  map[string]*upstream.POP3
@@ -44,7 +46,7 @@ type app struct {
 // build turns the configuration into token caches and upstreams. It opens no
 // listener and makes no network call.
 func build(cfg *config.Config, log *slog.Logger) (*app, error) {
-	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, delegated: map[string]tokens.Delegated{},
+	a := &app{cfg: cfg, log: log, caches: map[string]*tokens.Cache{}, delegated: map[string]tokens.Delegated{}, msApps: map[string]*tokens.MicrosoftApp{},
 		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
 	if ts := cfg.TokenStore; ts != nil {
 		key, err := tokens.ParseKey(ts.Key.Value())
@@ -134,10 +136,16 @@ func (a *app) fetcher(p *config.Profile, hc *http.Client) (tokens.Fetcher, error
 	switch c.Type {
 	case config.CredMicrosoft365:
 		if c.App == config.AppPublic {
-			return tokens.NewMicrosoftPublic(&tokens.MicrosoftPublic{
-				Authority: c.Authority, TenantID: c.TenantID, ClientID: c.ClientID, Scopes: c.Scopes,
-				Account: c.Account, Store: a.store, HTTPClient: hc,
-			})
+			key := c.Authority + "\x00" + c.TenantID + "\x00" + c.ClientID
+			msApp := a.msApps[key]
+			if msApp == nil {
+				var err error
+				if msApp, err = tokens.NewMicrosoftApp(c.Authority, c.TenantID, c.ClientID, a.store, hc); err != nil {
+					return nil, err
+				}
+				a.msApps[key] = msApp
+			}
+			return msApp.For(c.Account, c.Scopes), nil
 		}
 		return tokens.NewMicrosoftConfidential(tokens.MicrosoftConfidential{
 			Authority: c.Authority, TenantID: c.TenantID, ClientID: c.ClientID,

@@ -38,9 +38,9 @@ type app struct {
 	ready atomic.Bool
 	// msApps are the Microsoft public apps, one MSAL client each.
 	msApps map[string]*tokens.MicrosoftApp
-	smtp  map[string]*upstream.SMTP
-	imap  map[string]*upstream.IMAP
-	pop3  map[string]*upstream.POP3
+	smtp   map[string]*upstream.SMTP
+	imap   map[string]*upstream.IMAP
+	pop3   map[string]*upstream.POP3
 }
 
 // build turns the configuration into token caches and upstreams. It opens no

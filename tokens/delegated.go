@@ -9,7 +9,6 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -67,8 +66,6 @@ type OAuth2Delegated struct {
 	Initial    string
 	Store      *Store
 	HTTPClient *http.Client
-
-	mu sync.Mutex // one redemption at a time: a rotated token is single use
 }
 
 // NewOAuth2Delegated checks o and returns it as a Delegated.
@@ -99,9 +96,10 @@ func (o *OAuth2Delegated) Key(account string) string { return o.ClientID + "/" +
 // Fetch redeems the newest refresh token and saves a rotated one before the
 // access token is handed out, so a restart never reuses a spent one.
 func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
 	key := o.Key(o.Account)
+	// One redemption at a time per account, across every profile that uses
+	// it: a rotated refresh token is single use.
+	defer o.Store.lockAccount(key)()
 	rt := o.Initial
 	if e, ok := o.Store.Get(key); ok && e.RefreshToken != "" {
 		rt = e.RefreshToken

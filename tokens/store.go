@@ -52,6 +52,17 @@ type Store struct {
 	mu   sync.Mutex
 	data storeFile
 	seen fileStamp // of the file as last read or written
+
+	accounts sync.Map // account key -> *sync.Mutex, see lockAccount
+}
+
+// lockAccount serialises the redemptions of one account's refresh token
+// in this process, and returns the unlock.
+func (s *Store) lockAccount(key string) func() {
+	m, _ := s.accounts.LoadOrStore(key, &sync.Mutex{})
+	mu := m.(*sync.Mutex)
+	mu.Lock()
+	return mu.Unlock
 }
 
 type fileStamp struct {

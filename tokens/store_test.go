@@ -175,3 +175,28 @@ func BenchmarkStore(b *testing.B) {
 		}
 	})
 }
+
+// Two profiles of one account with other scopes have two token caches;
+// their refreshes of the one rotating refresh token must not race.
+func TestProfilesOfOneAccountShareItsRefreshToken(t *testing.T) {
+	s, url, hc := fakeIdP(t)
+	s.RotateRefresh = true
+	s.AddClient(idp.Client{ID: "pub"})
+	s.AddRefreshToken("rt-0", "a@x")
+	key, _ := ParseKey(NewKey())
+	st := newStore(t, filepath.Join(t.TempDir(), "tokens.enc"), key)
+	var wg sync.WaitGroup
+	for _, scope := range []string{"imap", "smtp"} {
+		d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Initial: "rt-0",
+			Scopes: []string{scope}, Store: st, HTTPClient: hc})
+		wg.Go(func() {
+			for range 20 {
+				if _, err := d.Fetch(context.Background()); err != nil {
+					t.Errorf("%s: %v", scope, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+}

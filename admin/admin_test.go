@@ -180,7 +180,9 @@ func TestSignInRoundTripChecksStateOnce(t *testing.T) {
 func TestMetricsCountWhatTheObserverIsTold(t *testing.T) {
 	ts, _, _, m := newTestServer(t)
 	m.LoggedIn("imap", "crm", 20*time.Millisecond)
+	m.SessionStarted("imap", "crm")
 	m.SessionEnded("imap", "crm", 100, 5000)
+	m.SessionStarted("smtp", "crm")
 	m.Relayed("crm", 2048, 30*time.Millisecond)
 	m.Failed("pop3", "crm", &upstream.Error{Profile: "crm", Stage: "connect", Err: errors.New("refused")})
 	m.Failed("smtp", "crm", &tokens.Error{Profile: "crm", Err: errors.New("invalid_grant"), NeedsSignIn: true})
@@ -188,6 +190,7 @@ func TestMetricsCountWhatTheObserverIsTold(t *testing.T) {
 	for _, want := range []string{
 		`mailproxy_sessions_total{profile="crm",protocol="imap"} 1`,
 		`mailproxy_sessions_active{profile="crm",protocol="imap"} 0`,
+		`mailproxy_sessions_active{profile="crm",protocol="smtp"} 1`,
 		`mailproxy_relayed_bytes_total{direction="down",profile="crm",protocol="imap"} 5000`,
 		`mailproxy_messages_relayed_total{profile="crm"} 1`,
 		`mailproxy_message_bytes_total{profile="crm"} 2048`,

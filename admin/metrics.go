@@ -36,11 +36,11 @@ func NewMetrics(caches map[string]TokenSource) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_sessions_total",
-		Help: "IMAP and POP3 sessions logged in upstream."}, []string{"protocol", "profile"})
+		Help: "Sessions of a profile: SMTP logins, IMAP and POP3 sessions logged in upstream."}, []string{"protocol", "profile"})
 	m.active = prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "mailproxy_sessions_active",
-		Help: "IMAP and POP3 sessions being relayed now."}, []string{"protocol", "profile"})
+		Help: "Sessions of a profile open now."}, []string{"protocol", "profile"})
 	m.bytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_relayed_bytes_total",
-		Help: "Bytes relayed by IMAP and POP3 sessions that ended, by direction (up: to the server)."}, []string{"protocol", "profile", "direction"})
+		Help: "Bytes relayed by sessions that ended, by direction (up: to the server; SMTP: accepted messages)."}, []string{"protocol", "profile", "direction"})
 	m.messages = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_messages_relayed_total",
 		Help: "Messages the upstream accepted (SMTP 250 given to the app)."}, []string{"profile"})
 	m.msgBytes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_message_bytes_total",
@@ -60,10 +60,14 @@ func NewMetrics(caches map[string]TokenSource) *Metrics {
 
 var _ proxy.Observer = (*Metrics)(nil)
 
-// LoggedIn implements proxy.Observer.
-func (m *Metrics) LoggedIn(proto, profile string, d time.Duration) {
+// SessionStarted implements proxy.Observer.
+func (m *Metrics) SessionStarted(proto, profile string) {
 	m.sessions.WithLabelValues(proto, profile).Inc()
 	m.active.WithLabelValues(proto, profile).Inc()
+}
+
+// LoggedIn implements proxy.Observer.
+func (m *Metrics) LoggedIn(proto, _ string, d time.Duration) {
 	m.loginTime.WithLabelValues(proto).Observe(d.Seconds())
 }
 

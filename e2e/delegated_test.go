@@ -278,13 +278,20 @@ profiles:
 	waitForMessage(t, bob, marker)
 	readsThrough(t, gina, imapGina)
 	readsThrough(t, hank, imapHank)
-	code, metrics := get(t, admin+"/metrics", adminToken)
-	for _, want := range []string{`mailproxy_messages_relayed_total{profile="delegated"} 1`, `mailproxy_sessions_total{profile="hank-reads",protocol="imap"} 1`,
-		`mailproxy_token_needs_sign_in{profile="delegated"} 0`, `mailproxy_upstream_login_seconds_count{protocol="imap"} 2`} {
-		if code != 200 || !strings.Contains(metrics, want) {
-			t.Errorf("/metrics (%d) lacks %s", code, want)
+	wants := []string{`mailproxy_messages_relayed_total{profile="delegated"} 1`, `mailproxy_sessions_total{profile="hank-reads",protocol="imap"} 1`,
+		`mailproxy_sessions_total{profile="delegated",protocol="smtp"} 1`, `mailproxy_relayed_bytes_total{direction="up",profile="delegated",protocol="smtp"} 209`,
+		`mailproxy_token_needs_sign_in{profile="delegated"} 0`, `mailproxy_upstream_login_seconds_count{protocol="imap"} 2`}
+	var metrics string
+	eventually(t, "/metrics counts the sessions (they count once closed)", func() bool {
+		var code int
+		code, metrics = get(t, admin+"/metrics", adminToken)
+		for _, want := range wants {
+			if code != 200 || !strings.Contains(metrics, want) {
+				return false
+			}
 		}
-	}
+		return true
+	})
 	if code, _ := get(t, admin+"/metrics", ""); code != 401 {
 		t.Errorf("/metrics without the token: %d, want 401", code)
 	}

@@ -157,6 +157,7 @@ func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, up net.Conn, ac
 	conn.SetDeadline(time.Time{})
 	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
 	s.observer.LoggedIn(s.proto, profile, time.Since(start))
+	s.observer.SessionStarted(s.proto, profile)
 	toUp, toLocal := relay(conn, up, pending, s.idleTimeout, act)
 	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
 	s.observer.SessionEnded(s.proto, profile, toUp, toLocal)

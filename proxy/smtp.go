@@ -124,7 +124,11 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 // NewSession implements smtp.Backend.
 func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &smtpSession{s: s, ctx: ctx, cancel: cancel, remote: c.Conn().RemoteAddr().String(), profile: s.noAuth}, nil
+	ss := &smtpSession{s: s, ctx: ctx, cancel: cancel, remote: c.Conn().RemoteAddr().String()}
+	if s.noAuth != nil {
+		ss.bind(s.noAuth, "")
+	}
+	return ss, nil
 }
 
 type smtpSession struct {
@@ -138,6 +142,7 @@ type smtpSession struct {
 	from    string
 	rcpts   int
 	size    int64
+	relayed int64 // bytes of the messages the upstream accepted
 }
 
 var _ smtp.AuthSession = (*smtpSession)(nil)
@@ -156,7 +161,7 @@ func (ss *smtpSession) Auth(mech string) (sasl.Server, error) {
 			ss.s.o.Logger.Warn("local login failed", "proto", "smtp", "remote", ss.remote, "user", username)
 			return smtp.ErrAuthFailed
 		}
-		ss.profile, ss.login = p, label
+		ss.bind(p, label)
 		return nil
 	}
 	switch mech {
@@ -215,6 +220,7 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	log.Info("message relayed")
 	ss.s.o.Observer.Relayed(ss.profile.Name, cr.n, time.Since(start))
+	ss.relayed += cr.n
 	return nil
 }
 
@@ -225,7 +231,19 @@ func (ss *smtpSession) Reset() {
 	}
 }
 
+// bind makes the session the profile's.
+func (ss *smtpSession) bind(p *SMTPProfile, login string) {
+	if ss.profile != nil {
+		ss.s.o.Observer.SessionEnded("smtp", ss.profile.Name, ss.relayed, 0)
+	}
+	ss.profile, ss.login, ss.relayed = p, login, 0
+	ss.s.o.Observer.SessionStarted("smtp", p.Name)
+}
+
 func (ss *smtpSession) Logout() error {
+	if ss.profile != nil {
+		ss.s.o.Observer.SessionEnded("smtp", ss.profile.Name, ss.relayed, 0)
+	}
 	ss.Reset()
 	ss.cancel()
 	return nil

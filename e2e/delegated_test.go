@@ -428,6 +428,27 @@ func readsThrough(t *testing.T, user, addr string) {
 	sameBytes(t, user+" FETCH BODY[]", got, stored)
 }
 
+// submitSignIn fills in the fake IdP's sign-in page that resp holds, as
+// user with password, and returns where the browser ended and its body.
+func submitSignIn(t *testing.T, c *http.Client, resp *http.Response, user, password string) (*http.Response, string) {
+	t.Helper()
+	page, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	form := url.Values{}
+	for _, m := range regexp.MustCompile(`type="hidden" name="([^"]+)" value="([^"]*)"`).FindAllStringSubmatch(string(page), -1) {
+		form.Set(m[1], html.UnescapeString(m[2]))
+	}
+	form.Set("username", user)
+	form.Set("password", password)
+	resp, err := c.PostForm(resp.Request.URL.String(), form)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp, string(body)
+}
+
 // browseAndSignIn is a person's browser: it opens authURL and signs in as
 // user on the provider's form. With follow, it follows the redirect to
 // token add; without, it returns where the provider sent it.
@@ -441,24 +462,11 @@ func browseAndSignIn(t *testing.T, authURL, user string, follow bool) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	form := url.Values{}
-	for _, m := range regexp.MustCompile(`type="hidden" name="([^"]+)" value="([^"]*)"`).FindAllStringSubmatch(string(page), -1) {
-		form.Set(m[1], html.UnescapeString(m[2]))
-	}
-	form.Set("username", user)
-	form.Set("password", personPassword(user))
-	resp, err = c.PostForm(resp.Request.URL.String(), form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	resp, body := submitSignIn(t, c, resp, user, personPassword(user))
 	if !follow {
 		return resp.Header.Get("Location")
 	}
-	if !strings.Contains(string(body), "Signed in as "+user) {
+	if !strings.Contains(body, "Signed in as "+user) {
 		t.Fatalf("the browser ended on %s: %s", resp.Request.URL, body)
 	}
 	return resp.Request.URL.String()

@@ -2,13 +2,9 @@ package e2e
 
 import (
 	"bytes"
-	"html"
-	"io"
 	"net/http"
 	"net/http/cookiejar"
-	"net/url"
 	"os/exec"
-	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -94,21 +90,8 @@ func signInOnDemoAdminPage(t *testing.T, admin string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	page, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	form := url.Values{}
-	for _, m := range regexp.MustCompile(`type="hidden" name="([^"]+)" value="([^"]*)"`).FindAllStringSubmatch(string(page), -1) {
-		form.Set(m[1], html.UnescapeString(m[2]))
-	}
-	form.Set("username", "demo@mailproxy.test")
-	form.Set("password", "demo")
-	resp, err = c.PostForm(resp.Request.URL.String(), form)
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if !strings.Contains(string(body), "has a new grant") || !strings.Contains(string(body), "valid until") {
+	resp, body := submitSignIn(t, c, resp, "demo@mailproxy.test", "demo")
+	if !strings.Contains(body, "has a new grant") || !strings.Contains(body, "valid until") {
 		t.Fatalf("after signing in, the browser shows %s:\n%s", resp.Request.URL, body)
 	}
 }

@@ -104,6 +104,13 @@ type CacheOptions struct {
 	// OnNeedsSignIn is called once each time the credential starts needing
 	// a person (a refused or revoked grant), not on every failed request.
 	OnNeedsSignIn func(*Error)
+	// HoldSignIn is how long a failure that needs a person is answered
+	// from memory rather than asking the provider again (default 10 s),
+	// so a revoked grant does not turn every app login into a token
+	// request. Generation, when set, ends the hold early when it changes
+	// (Store.Generation: someone signed in).
+	HoldSignIn time.Duration
+	Generation func() uint64
 }
 
 // Cache is a Source that keeps the current token in memory, makes
@@ -119,6 +126,11 @@ type Cache struct {
 	mu    sync.Mutex
 	tok   *oauth2.Token
 	state State
+	// held is the last failure that needs a person, answered until
+	// heldUntil unless the generation moves on from heldGen.
+	held      *Error
+	heldUntil time.Time
+	heldGen   uint64
 }
 
 // expirySkew: a token this close to expiry is not handed out.
@@ -138,6 +150,9 @@ func NewCache(profile string, f Fetcher, opts CacheOptions) *Cache {
 	if opts.MaxBackoff == 0 {
 		opts.MaxBackoff = 5 * time.Minute
 	}
+	if opts.HoldSignIn == 0 {
+		opts.HoldSignIn = 10 * time.Second
+	}
 	return &Cache{profile: profile, fetcher: f, opts: opts, kick: make(chan struct{}, 1)}
 }
 
@@ -145,10 +160,13 @@ func NewCache(profile string, f Fetcher, opts CacheOptions) *Cache {
 // waiting at the same time).
 func (c *Cache) Token(ctx context.Context) (*oauth2.Token, error) {
 	c.mu.Lock()
-	tok := c.tok
+	tok, held, until, gen := c.tok, c.held, c.heldUntil, c.heldGen
 	c.mu.Unlock()
 	if c.usable(tok) {
 		return tok, nil
+	}
+	if held != nil && c.opts.Now().Before(until) && (c.opts.Generation == nil || c.opts.Generation() == gen) {
+		return nil, held
 	}
 	ch := c.group.DoChan("token", func() (any, error) { return c.refresh(ctx) })
 	select {
@@ -176,10 +194,18 @@ func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
 		err = errors.New("token endpoint returned no access token")
 	}
 	now := c.opts.Now()
+	var gen uint64
+	if err != nil && c.opts.Generation != nil {
+		gen = c.opts.Generation() // after the fetcher noted its failure in the store
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.held = nil
 	if err != nil {
 		e := &Error{Profile: c.profile, Err: err, NeedsSignIn: needsSignIn(err), Fix: c.opts.Fix}
+		if e.NeedsSignIn {
+			c.held, c.heldUntil, c.heldGen = e, now.Add(c.opts.HoldSignIn), gen
+		}
 		c.state.LastError = e.Error()
 		became := e.NeedsSignIn && !c.state.NeedsSignIn
 		c.state.NeedsSignIn = e.NeedsSignIn
@@ -222,7 +248,7 @@ func (c *Cache) Invalidate(tok *oauth2.Token) {
 // Renew drops the cached token and wakes Run, after a person signed in again.
 func (c *Cache) Renew() {
 	c.mu.Lock()
-	c.tok = nil
+	c.tok, c.held = nil, nil
 	c.mu.Unlock()
 	select {
 	case c.kick <- struct{}{}:

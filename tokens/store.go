@@ -52,6 +52,7 @@ type Store struct {
 	mu   sync.Mutex
 	data storeFile
 	seen fileStamp // of the file as last read or written
+	gen  uint64    // counts changes of data
 
 	accounts sync.Map // account key -> *sync.Mutex, see lockAccount
 }
@@ -142,7 +143,17 @@ func (s *Store) reload() error {
 		f.Accounts = map[string]Entry{}
 	}
 	s.data, s.seen = f, stamp
+	s.gen++
 	return nil
+}
+
+// Generation changes whenever the store's content does, in this process
+// or, as seen on disk, another (a stat, no decryption unless changed).
+func (s *Store) Generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_ = s.reload()
+	return s.gen
 }
 
 // Get returns the entry for account, as on disk now.
@@ -234,6 +245,7 @@ func (s *Store) modify(change func(*storeFile)) error {
 		return err
 	}
 	s.data = next
+	s.gen++
 	return nil
 }
 

@@ -8,8 +8,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/oauth2"
 
 	"mailproxy/idp"
 )
@@ -199,4 +202,43 @@ func TestProfilesOfOneAccountShareItsRefreshToken(t *testing.T) {
 		})
 	}
 	wg.Wait()
+}
+
+// A grant that needs a person is not asked for again on every login: the
+// failure is held for a while, unless someone signs in meanwhile.
+func TestSignInFailureIsHeldUntilTheStoreChanges(t *testing.T) {
+	key, _ := ParseKey(NewKey())
+	st := newStore(t, filepath.Join(t.TempDir(), "tokens.enc"), key)
+	var fetches atomic.Int64
+	f := FetcherFunc(func(context.Context) (*oauth2.Token, error) {
+		fetches.Add(1)
+		if e, ok := st.Get("a"); ok && e.RefreshToken != "" {
+			return &oauth2.Token{AccessToken: "t", Expiry: time.Now().Add(time.Hour)}, nil
+		}
+		return nil, &OAuthError{Code: "invalid_grant", Description: "revoked"}
+	})
+	now := time.Now()
+	c := NewCache("p", f, CacheOptions{Generation: st.Generation, Now: func() time.Time { return now }})
+	ctx := context.Background()
+	for range 5 {
+		if _, err := c.Token(ctx); err == nil || !strings.Contains(err.Error(), "invalid_grant") {
+			t.Fatalf("want the held invalid_grant, got %v", err)
+		}
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("%d token requests for 5 logins while a person is needed, want 1", n)
+	}
+	now = now.Add(11 * time.Second)
+	c.Token(ctx)
+	if n := fetches.Load(); n != 2 {
+		t.Fatalf("%d token requests after the hold, want 2", n)
+	}
+	// Someone signs in (token add, another process or this one): at once.
+	other := newStore(t, st.path, key)
+	if err := other.Put("a", Entry{RefreshToken: "rt-new"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Token(ctx); err != nil {
+		t.Fatalf("after signing in: %v", err)
+	}
 }

@@ -80,6 +80,7 @@ func build(cfg *config.Config, log *slog.Logger) (*app, error) {
 				}}
 				if d, ok := f.(tokens.Delegated); ok {
 					sc.d = d
+					opts.Generation = a.store.Generation
 					opts.Fix = "a person must sign in: run mailproxy token add " + name
 					if cfg.Admin != nil {
 						opts.Fix += ", or press Get token on the admin page"

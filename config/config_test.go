@@ -245,6 +245,11 @@ profiles:
     imap: {listen: "1146", upstream: {host: imap.example.com}}
     local_users: [{username: a, password: b}]
     credentials: {type: oauth2, provider: yahoo, authorize_url: "https://x/{tenant}/a", token_url: https://x/t, client_id: c}
+  nowhere:
+    mailbox: me@example.com
+    imap: {listen: "1147", upstream: {host: imap.example.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: oauth2, grant: refresh_token, token_url: https://x/t, client_id: c}
 `))
 	for _, want := range []string{
 		"profiles.public.credentials.app: a public app has no client secret",
@@ -254,6 +259,7 @@ profiles:
 		"admin.username: give username and password together",
 		"admin.tls: required when admin.listen is not on loopback",
 		"alerts.webhook_url: not an http(s) URL",
+		"profiles.nowhere.credentials.authorize_url: required for grant refresh_token: where a person signs in",
 	} {
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("missing problem %q in:\n%v", want, err)

@@ -442,6 +442,9 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 				ps.add("token_store", "required for grant refresh_token: signed-in accounts and rotated refresh tokens are kept there")
 			}
 			req("account", cr.Account, "who signs in (defaults to mailbox)")
+			if cr.AuthorizeURL == "" && cr.DeviceURL == "" && !cr.RefreshToken.IsSet() {
+				ps.add(at+".authorize_url", "required for grant refresh_token: where a person signs in (or device_url, or a provider preset), or a refresh_token to start from")
+			}
 			for _, u := range []struct{ key, v string }{{"authorize_url", cr.AuthorizeURL}, {"device_url", cr.DeviceURL}, {"token_url", cr.TokenURL}} {
 				if strings.Contains(u.v, "{tenant}") && cr.TenantID == "" {
 					ps.add(at+".tenant_id", "required: %s has a {tenant} placeholder", u.key)

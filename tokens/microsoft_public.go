@@ -1,12 +1,14 @@
 package tokens
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
@@ -36,7 +38,7 @@ func NewMicrosoftApp(authority, tenantID, clientID string, store *Store, hc *htt
 	authority = strings.TrimRight(authority, "/") + "/" + tenantID
 	a := &MicrosoftApp{ClientID: clientID, name: "msal:" + authority + "/" + clientID, store: store}
 	opts := []public.Option{public.WithAuthority(authority), public.WithInstanceDiscovery(false),
-		public.WithCache(msalCache{store, a.name})}
+		public.WithCache(&msalCache{store: store, name: a.name})}
 	if hc != nil {
 		opts = append(opts, public.WithHTTPClient(hc))
 	}
@@ -176,24 +178,44 @@ func (m *MicrosoftPublic) Remove(ctx context.Context, account string) (bool, err
 
 // msalCache keeps one MSAL cache in the Store. Replace reads the copy in
 // memory (the file is decrypted again only when another process changed
-// it); Export writes at once, so a rotated refresh token is never lost.
+// it); Export writes at once, so a rotated refresh token is never lost, and
+// if another process wrote the cache since Replace, merges the two
+// (mergeMSAL) instead of overwriting theirs. MSAL calls them under its
+// client's lock, Replace right before it writes and Export right after.
 type msalCache struct {
 	store *Store
 	name  string
+
+	mu   sync.Mutex
+	base []byte // what the last Replace gave MSAL
 }
 
-func (c msalCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+func (c *msalCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
 	data := c.store.Cache(c.name)
+	c.mu.Lock()
+	c.base = data
+	c.mu.Unlock()
 	if data == nil {
 		data = []byte("{}")
 	}
 	return u.Unmarshal(data)
 }
 
-func (c msalCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportHints) error {
-	data, err := m.Marshal()
+func (c *msalCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportHints) error {
+	ours, err := m.Marshal()
 	if err != nil {
 		return err
 	}
-	return c.store.PutCache(c.name, data)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	written, err := c.store.UpdateCache(c.name, func(theirs []byte) ([]byte, error) {
+		if bytes.Equal(theirs, c.base) {
+			return ours, nil
+		}
+		return mergeMSAL(c.base, ours, theirs)
+	})
+	if err == nil {
+		c.base = written
+	}
+	return err
 }

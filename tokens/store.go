@@ -218,12 +218,28 @@ func (s *Store) Cache(name string) []byte {
 
 // PutCache saves an MSAL cache under name.
 func (s *Store) PutCache(name string, data []byte) error {
-	return s.modify(func(f *storeFile) {
+	_, err := s.UpdateCache(name, func([]byte) ([]byte, error) { return data, nil })
+	return err
+}
+
+// UpdateCache replaces the MSAL cache under name with what change makes of
+// the one in the file now, under the lock; it returns what was written.
+func (s *Store) UpdateCache(name string, change func(current []byte) ([]byte, error)) ([]byte, error) {
+	var out []byte
+	var cerr error
+	err := s.modify(func(f *storeFile) {
+		if out, cerr = change(f.Caches[name]); cerr != nil {
+			return
+		}
 		if f.Caches == nil {
 			f.Caches = map[string][]byte{}
 		}
-		f.Caches[name] = bytes.Clone(data)
+		f.Caches[name] = bytes.Clone(out)
 	})
+	if cerr != nil {
+		return nil, cerr
+	}
+	return out, err
 }
 
 // modify applies change to the file's current content under the lock file

@@ -16,7 +16,6 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -318,14 +317,4 @@ func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	}
 	report, ok := s.o.Test(r.Context(), name)
 	s.render(w, http.StatusOK, view{TestName: name, TestOK: ok, Report: report})
-}
-
-// ProfileNames lists the profiles shown, sorted (tests).
-func (s *Server) ProfileNames() []string {
-	var out []string
-	for n := range s.profiles {
-		out = append(out, n)
-	}
-	sort.Strings(out)
-	return out
 }

@@ -5,8 +5,10 @@
 // to, and the credential it gets tokens with. Secrets are given by reference
 // (${env:NAME} or file:/path) and never printed.
 //
-// The package only reads and checks; it never opens a socket or calls a
-// token endpoint.
+// Decode reads and checks the structure without touching anything outside
+// the file; Resolve then reads the secrets and checks the files the
+// configuration names; Parse and Load do both. The package never opens a
+// socket or calls a token endpoint.
 package config
 
 import (
@@ -32,6 +34,31 @@ type Config struct {
 	Admin *Admin `yaml:"admin"`
 	// Alerts say when a person must sign in again.
 	Alerts Alerts `yaml:"alerts"`
+	// Limits bound what clients of the local listeners may take.
+	Limits Limits `yaml:"limits"`
+	// ShutdownGrace is how long messages in flight may take to finish
+	// after SIGTERM (default 30s, at most 10m).
+	ShutdownGrace Duration `yaml:"shutdown_grace"`
+
+	// lines maps key paths to the lines they are written on, for Problems.
+	lines map[string]int
+}
+
+// Limits bound the connections and logins of local clients.
+type Limits struct {
+	// Connections is how many connections each local listener takes at
+	// once; 0 (default) means a share of the process's open-file limit,
+	// which the runtime computes.
+	Connections int `yaml:"connections"`
+	// ConnectionsPerAddress is how many connections one client address
+	// not on loopback may have open (default 100).
+	ConnectionsPerAddress int `yaml:"connections_per_address"`
+	// LoginTimeout is the time from a connection's start to a completed
+	// local login: IMAP, POP3, SMTP AUTH (default 2m, at most 1h).
+	LoginTimeout Duration `yaml:"login_timeout"`
+	// FailedLogins is how many failed local logins one client address may
+	// make per minute, across connections and protocols (default 30).
+	FailedLogins int `yaml:"failed_logins"`
 }
 
 // Admin is the HTTP server with the credentials page, /healthz, /readyz
@@ -164,6 +191,9 @@ type SMTPUpstream struct {
 	// MessagesPerSession is how many messages one upstream session carries
 	// before it is closed and a new one opened (default 3).
 	MessagesPerSession int `yaml:"messages_per_session"`
+	// Timeout is how long one read or write to the upstream server may
+	// wait (default 2m, at most 30m).
+	Timeout Duration `yaml:"timeout"`
 }
 
 // Receiving is a receiving side of a profile (IMAP or POP3): after the
@@ -186,26 +216,70 @@ func Load(path string) (*Config, error) {
 	return cfg, nil
 }
 
-// Parse reads a configuration from YAML, applies inheritance and defaults,
-// resolves secret references and validates it. Every problem is reported at
-// once, each with its key path.
+// Parse reads a configuration from YAML as Decode does, then resolves it
+// (Resolve). Every problem of both is reported at once, each with its key
+// path and line.
 func Parse(data []byte) (*Config, error) {
-	var raw map[string]any
-	if err := yaml.Unmarshal(data, &raw); err != nil {
-		return nil, err
-	}
-	if err := inherit(raw); err != nil {
-		return nil, err
-	}
-	merged, err := yaml.Marshal(raw)
+	cfg, err := decode(data)
 	if err != nil {
 		return nil, err
 	}
-	dec := yaml.NewDecoder(bytes.NewReader(merged))
-	dec.KnownFields(true)
-	var cfg Config
-	if err := dec.Decode(&cfg); err != nil && !errors.Is(err, io.EOF) {
+	ps := problems{lines: cfg.lines}
+	cfg.validate(&ps)
+	cfg.resolve(&ps)
+	if err := ps.err(); err != nil {
 		return nil, err
+	}
+	return cfg, nil
+}
+
+// Decode reads a configuration from YAML, applies inheritance and defaults
+// and validates it (Validate), without reading a secret or a file it names:
+// that is Resolve's. Every problem is reported at once, each with its key
+// path and line.
+func Decode(data []byte) (*Config, error) {
+	cfg, err := decode(data)
+	if err != nil {
+		return nil, err
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// decode turns YAML into a Config with inheritance and defaults applied.
+func decode(data []byte) (*Config, error) {
+	// Inheritance never changes which keys or types exist, so the file as
+	// written is checked for them, and errors name its lines.
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var check Config
+	if err := dec.Decode(&check); err != nil && !errors.Is(err, io.EOF) {
+		var de *durationError
+		if errors.As(err, &de) {
+			var doc yaml.Node
+			if yaml.Unmarshal(data, &doc) == nil {
+				if path := pathAt(&doc, de.line, de.column); path != "" {
+					return nil, Problem{Path: path, Line: de.line, Msg: de.msg()}
+				}
+			}
+		}
+		return nil, err
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, err
+	}
+	cfg := &Config{}
+	if doc.Kind != 0 {
+		if err := inherit(&doc); err != nil {
+			return nil, err
+		}
+		if err := doc.Decode(cfg); err != nil {
+			return nil, err
+		}
+		cfg.lines = keyLines(&doc)
 	}
 	for name, p := range cfg.Profiles {
 		if p == nil {
@@ -215,10 +289,7 @@ func Parse(data []byte) (*Config, error) {
 		p.Name = name
 	}
 	cfg.applyDefaults()
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
-	return &cfg, nil
+	return cfg, nil
 }
 
 // ProfileNames returns the profile names, sorted.
@@ -229,63 +300,4 @@ func (c *Config) ProfileNames() []string {
 	}
 	sort.Strings(names)
 	return names
-}
-
-// inherit merges each profile's "inherit" parent into it, recursively,
-// so an override states only what differs.
-func inherit(raw map[string]any) error {
-	profiles, _ := raw["profiles"].(map[string]any)
-	done := map[string]bool{}
-	var resolve func(name string, seen []string) error
-	resolve = func(name string, seen []string) error {
-		if done[name] {
-			return nil
-		}
-		p, _ := profiles[name].(map[string]any)
-		parent, _ := p["inherit"].(string)
-		if parent == "" {
-			done[name] = true
-			return nil
-		}
-		for _, s := range seen {
-			if s == parent {
-				return fmt.Errorf("profiles.%s.inherit: cycle %v -> %s", name, seen, parent)
-			}
-		}
-		if _, ok := profiles[parent].(map[string]any); !ok {
-			return fmt.Errorf("profiles.%s.inherit: no profile named %q", name, parent)
-		}
-		if err := resolve(parent, append(seen, name)); err != nil {
-			return err
-		}
-		merged := deepMerge(profiles[parent].(map[string]any), p)
-		merged["inherit"] = parent
-		profiles[name] = merged
-		done[name] = true
-		return nil
-	}
-	for name := range profiles {
-		if err := resolve(name, nil); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// deepMerge returns base overlaid with over; maps merge, anything else is replaced.
-func deepMerge(base, over map[string]any) map[string]any {
-	out := make(map[string]any, len(base)+len(over))
-	for k, v := range base {
-		out[k] = v
-	}
-	for k, v := range over {
-		bm, ok1 := out[k].(map[string]any)
-		om, ok2 := v.(map[string]any)
-		if ok1 && ok2 {
-			out[k] = deepMerge(bm, om)
-			continue
-		}
-		out[k] = v
-	}
-	return out
 }

@@ -131,7 +131,7 @@ profiles:
     imap: {listen: "1144", upstream: {host: imap.example.com}}
     local_users: [{username: app2, password: pw}]
     credentials: {type: basic, password: pw}
-token_store: {path: /tmp/x, key: k}
+token_store: {path: /tmp/x, key: "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}
 `))
 	if err != nil {
 		t.Fatal(err)

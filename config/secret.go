@@ -18,7 +18,8 @@ type Secret struct {
 // NewSecret returns a Secret holding value, as if given inline.
 func NewSecret(value string) Secret { return Secret{ref: value, value: value} }
 
-// Value is the resolved secret.
+// Value is the resolved secret: empty until Resolve (or Parse, Load) has
+// read it.
 func (s Secret) Value() string { return s.value }
 
 // IsSet reports whether anything was configured.
@@ -44,9 +45,14 @@ func (s *Secret) UnmarshalYAML(n *yaml.Node) error {
 	return nil
 }
 
-// MarshalYAML writes the reference back (used for inheritance), never a
-// resolved value.
+// MarshalYAML writes the reference back, never a resolved value.
 func (s Secret) MarshalYAML() (any, error) { return s.ref, nil }
+
+// isRef reports whether the secret is read from elsewhere (${env:NAME} or
+// file:/path) rather than given inline.
+func (s Secret) isRef() bool {
+	return (strings.HasPrefix(s.ref, "${env:") && strings.HasSuffix(s.ref, "}")) || strings.HasPrefix(s.ref, "file:")
+}
 
 // resolve reads an ${env:NAME} or file:/path reference.
 func (s *Secret) resolve() error {

@@ -5,23 +5,59 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"strings"
+	"time"
 )
 
 // Problem is one thing wrong with the file, at a key path.
 type Problem struct {
 	Path string
+	// Line is where Path is written in the file (an inherited value: in
+	// the profile it is inherited from), or its nearest enclosing key when
+	// Path is missing; 0 when unknown.
+	Line int
 	Msg  string
 }
 
-func (p Problem) Error() string { return p.Path + ": " + p.Msg }
+// Error is "line N: PATH: MSG", or "PATH: MSG" without a line.
+func (p Problem) Error() string {
+	if p.Line > 0 {
+		return fmt.Sprintf("line %d: %s: %s", p.Line, p.Path, p.Msg)
+	}
+	return p.Path + ": " + p.Msg
+}
 
-type problems []error
+// problems collects Problems, each given the line of its path.
+type problems struct {
+	lines map[string]int // key path -> line
+	errs  []error
+}
 
 func (ps *problems) add(path, format string, args ...any) {
-	*ps = append(*ps, Problem{Path: path, Msg: fmt.Sprintf(format, args...)})
+	ps.addAt(path, lineOf(ps.lines, path), format, args...)
+}
+
+func (ps *problems) addAt(path string, line int, format string, args ...any) {
+	ps.errs = append(ps.errs, Problem{Path: path, Line: line, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (ps *problems) err() error { return errors.Join(ps.errs...) }
+
+// lineOf is the line of path, or of its nearest enclosing key that is
+// written (a missing key points at the mapping it belongs in).
+func lineOf(lines map[string]int, path string) int {
+	for path != "" {
+		if l, ok := lines[path]; ok {
+			return l
+		}
+		i := strings.LastIndexAny(path, ".[")
+		if i < 0 {
+			break
+		}
+		path = path[:i]
+	}
+	return 0
 }
 
 // DefaultListenHost is where listeners bind unless told otherwise.
@@ -33,7 +69,29 @@ const DefaultMessagesPerSession = 3
 // DefaultMaxMessageBytes is the SIZE advertised when none is configured.
 const DefaultMaxMessageBytes = 50 << 20
 
+// Defaults of limits, shutdown_grace and smtp.upstream.timeout.
+const (
+	DefaultConnectionsPerAddress = 100
+	DefaultLoginTimeout          = Duration(2 * time.Minute)
+	DefaultFailedLogins          = 30
+	DefaultShutdownGrace         = Duration(30 * time.Second)
+	DefaultUpstreamTimeout       = Duration(2 * time.Minute)
+)
+
 func (c *Config) applyDefaults() {
+	l := &c.Limits
+	if l.ConnectionsPerAddress == 0 {
+		l.ConnectionsPerAddress = DefaultConnectionsPerAddress
+	}
+	if l.LoginTimeout == 0 {
+		l.LoginTimeout = DefaultLoginTimeout
+	}
+	if l.FailedLogins == 0 {
+		l.FailedLogins = DefaultFailedLogins
+	}
+	if c.ShutdownGrace == 0 {
+		c.ShutdownGrace = DefaultShutdownGrace
+	}
 	if c.Admin != nil {
 		c.Admin.Listen = withDefaultHost(c.Admin.Listen)
 	}
@@ -102,6 +160,9 @@ func (c *Config) applyDefaults() {
 			}
 			if s.Upstream.MessagesPerSession == 0 {
 				s.Upstream.MessagesPerSession = DefaultMessagesPerSession
+			}
+			if s.Upstream.Timeout == 0 {
+				s.Upstream.Timeout = DefaultUpstreamTimeout
 			}
 			s.Upstream.applyDefaults(TLSStartTLS, "plain", basic, smtpPorts)
 		}
@@ -178,10 +239,17 @@ func IsLoopback(addr string) bool {
 	return err == nil && ip.IsLoopback()
 }
 
-// Validate checks the whole configuration and returns every problem joined,
-// each naming its key path and what to do.
+// Validate checks the configuration's structure and returns every problem
+// joined, each naming its key path (and line) and what to do. It is pure: it
+// reads no environment variable, file or network, and a secret that is set
+// counts as set; Resolve does the rest.
 func (c *Config) Validate() error {
-	var ps problems
+	ps := problems{lines: c.lines}
+	c.validate(&ps)
+	return ps.err()
+}
+
+func (c *Config) validate(ps *problems) {
 	if len(c.Profiles) == 0 {
 		ps.add("profiles", "no profiles: add at least one (see README, Configuration)")
 	}
@@ -195,24 +263,64 @@ func (c *Config) Validate() error {
 	default:
 		ps.add("log.format", "%q is not one of text, json", c.Log.Format)
 	}
+	c.validateLimits(ps)
 	if ts := c.TokenStore; ts != nil {
 		if ts.Path == "" {
 			ps.add("token_store.path", "required: a file mailproxy may write (mode 0600)")
 		}
-		c.secret(&ps, "token_store.key", &ts.Key, true)
+		requireSecret(ps, "token_store.key", ts.Key)
 	}
 	for _, name := range c.ProfileNames() {
-		c.validateProfile(&ps, c.Profiles[name])
+		c.validateProfile(ps, c.Profiles[name])
 	}
-	c.validateSharedListeners(&ps)
+	c.validateSharedListeners(ps)
 	if a := c.Admin; a != nil {
-		c.validateAdmin(&ps, a)
+		c.validateAdmin(ps, a)
 	}
-	c.secret(&ps, "alerts.webhook_url", &c.Alerts.WebhookURL, false)
-	if u := c.Alerts.WebhookURL; u.IsSet() && u.resolve() == nil && !strings.HasPrefix(u.Value(), "https://") && !strings.HasPrefix(u.Value(), "http://") {
+	// A reference is checked once Resolve has read it.
+	if u := c.Alerts.WebhookURL; u.IsSet() && !u.isRef() {
+		checkWebhookURL(ps, u.ref)
+	}
+}
+
+func checkWebhookURL(ps *problems, u string) {
+	if !strings.HasPrefix(u, "https://") && !strings.HasPrefix(u, "http://") {
 		ps.add("alerts.webhook_url", "not an http(s) URL")
 	}
-	return errors.Join(ps...)
+}
+
+// durationWithin reports a duration that is not in (0, most].
+func durationWithin(ps *problems, path string, d Duration, most time.Duration) {
+	if d <= 0 || d.D() > most {
+		ps.add(path, "%s is out of range: give more than 0s and at most %s", shortDuration(d.D()), shortDuration(most))
+	}
+}
+
+// shortDuration writes 1h rather than 1h0m0s.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}
+
+func (c *Config) validateLimits(ps *problems) {
+	l := c.Limits
+	if l.Connections < 0 {
+		ps.add("limits.connections", "must be 0 (a share of the open-file limit) or more")
+	}
+	if l.ConnectionsPerAddress < 0 {
+		ps.add("limits.connections_per_address", "must be positive (0 means the default, %d)", DefaultConnectionsPerAddress)
+	}
+	durationWithin(ps, "limits.login_timeout", l.LoginTimeout, time.Hour)
+	if l.FailedLogins < 1 {
+		ps.add("limits.failed_logins", "must be 1 or more")
+	}
+	durationWithin(ps, "shutdown_grace", c.ShutdownGrace, 10*time.Minute)
 }
 
 func (c *Config) validateAdmin(ps *problems, a *Admin) {
@@ -221,8 +329,6 @@ func (c *Config) validateAdmin(ps *problems, a *Admin) {
 	} else if _, _, err := net.SplitHostPort(a.Listen); err != nil {
 		ps.add("admin.listen", "%q is not host:port", a.Listen)
 	}
-	c.secret(ps, "admin.password", &a.Password, false)
-	c.secret(ps, "admin.token", &a.Token, false)
 	if (a.Username == "") != !a.Password.IsSet() {
 		ps.add("admin.username", "give username and password together")
 	}
@@ -232,30 +338,13 @@ func (c *Config) validateAdmin(ps *problems, a *Admin) {
 	if a.Listen != "" && !IsLoopback(a.Listen) && a.TLS == nil {
 		ps.add("admin.tls", "required when admin.listen is not on loopback (%s): give cert_file and key_file", a.Listen)
 	}
-	if t := a.TLS; t != nil {
-		fileExists(ps, "admin.tls.cert_file", t.CertFile)
-		fileExists(ps, "admin.tls.key_file", t.KeyFile)
-	}
 }
 
-func (c *Config) secret(ps *problems, path string, s *Secret, required bool) {
+// requireSecret reports a secret that is not set; whether it resolves is
+// Resolve's to say.
+func requireSecret(ps *problems, path string, s Secret) {
 	if !s.IsSet() {
-		if required {
-			ps.add(path, "required: give it inline, as ${env:NAME} or as file:/path")
-		}
-		return
-	}
-	if err := s.resolve(); err != nil {
-		ps.add(path, "%v", err)
-	}
-}
-
-func fileExists(ps *problems, path, file string) {
-	if file == "" {
-		return
-	}
-	if _, err := os.Stat(file); err != nil {
-		ps.add(path, "cannot read %s: %v", file, errors.Unwrap(err))
+		ps.add(path, "required: give it inline, as ${env:NAME} or as file:/path")
 	}
 }
 
@@ -277,6 +366,7 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 		if s.Upstream.MessagesPerSession < 1 {
 			ps.add(sa+".upstream.messages_per_session", "must be 1 or more")
 		}
+		durationWithin(ps, sa+".upstream.timeout", s.Upstream.Timeout, 30*time.Minute)
 		if s.MaxMessageBytes < 0 {
 			ps.add(sa+".max_message_bytes", "must be positive")
 		}
@@ -308,7 +398,7 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 			ps.add(ua+".username", "%q is listed twice", u.Username)
 		}
 		seen[u.Username] = true
-		c.secret(ps, ua+".password", &u.Password, true)
+		requireSecret(ps, ua+".password", u.Password)
 	}
 }
 
@@ -321,7 +411,6 @@ func validateUpstream(ps *problems, at string, u Upstream, credType, example str
 	default:
 		ps.add(at+".tls", "%q is not one of starttls, implicit, none", u.TLS)
 	}
-	fileExists(ps, at+".ca_file", u.CAFile)
 	validateMechanism(ps, at+".mechanism", u.Mechanism, credType)
 }
 
@@ -353,8 +442,6 @@ func validateListener(ps *problems, at string, l Listener, localAuth string) {
 		if t.CertFile == "" || t.KeyFile == "" {
 			ps.add(at+".tls", "cert_file and key_file are both required")
 		}
-		fileExists(ps, at+".tls.cert_file", t.CertFile)
-		fileExists(ps, at+".tls.key_file", t.KeyFile)
 	}
 	if !IsLoopback(listen) && t == nil {
 		ps.add(at+".listen", "%s is not loopback: configure tls (cert_file, key_file) and local_auth: password, or listen on 127.0.0.1", listen)
@@ -409,17 +496,12 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 		switch {
 		case cr.ClientSecret.IsSet() && cr.CertificateFile != "":
 			ps.add(at, "give client_secret or certificate_file, not both")
-		case cr.ClientSecret.IsSet():
-			c.secret(ps, at+".client_secret", &cr.ClientSecret, true)
-		case cr.CertificateFile != "":
-			fileExists(ps, at+".certificate_file", cr.CertificateFile)
-			c.secret(ps, at+".certificate_password", &cr.CertificatePassword, false)
+		case cr.ClientSecret.IsSet(), cr.CertificateFile != "":
 		default:
 			ps.add(at+".client_secret", "required for microsoft365 confidential: a client secret, or certificate_file")
 		}
 	case CredGoogleServiceAccount:
 		req("key_file", cr.KeyFile, "the service account key (.json, or legacy .p12)")
-		fileExists(ps, at+".key_file", cr.KeyFile)
 		if strings.EqualFold(filepath.Ext(cr.KeyFile), ".p12") {
 			req("service_account", cr.ServiceAccount, "a .p12 key does not name its account: give the service account e-mail")
 		}
@@ -434,10 +516,8 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 		req("client_id", cr.ClientID, "the OAuth client ID")
 		switch cr.Grant {
 		case GrantClientCredentials:
-			c.secret(ps, at+".client_secret", &cr.ClientSecret, true)
+			requireSecret(ps, at+".client_secret", cr.ClientSecret)
 		case GrantRefreshToken:
-			c.secret(ps, at+".client_secret", &cr.ClientSecret, false)
-			c.secret(ps, at+".refresh_token", &cr.RefreshToken, false)
 			if c.TokenStore == nil {
 				ps.add("token_store", "required for grant refresh_token: signed-in accounts and rotated refresh tokens are kept there")
 			}
@@ -455,7 +535,7 @@ func (c *Config) validateCredentials(ps *problems, at string, p *Profile) {
 		}
 	case CredBasic:
 		req("username", cr.Username, "the upstream login")
-		c.secret(ps, at+".password", &cr.Password, true)
+		requireSecret(ps, at+".password", cr.Password)
 	case "":
 		ps.add(at+".type", "required: one of microsoft365, google_service_account, oauth2, basic")
 	default:

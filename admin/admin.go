@@ -166,7 +166,7 @@ func (s *Server) rows() []row {
 		if p.Tokens != nil {
 			r.HasTokens = true
 			r.State = p.Tokens.State()
-			r.Usable = r.State.ValidUntil.After(time.Now())
+			r.Usable = r.State.Usable
 		}
 		out = append(out, r)
 	}
@@ -301,7 +301,7 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 // waitUsable gives the background refresh a moment, so the page the
 // browser lands on shows the new token.
 func waitUsable(ctx context.Context, p *Profile) {
-	for ctx.Err() == nil && !p.Tokens.State().ValidUntil.After(time.Now()) {
+	for ctx.Err() == nil && !p.Tokens.State().Usable {
 		select {
 		case <-ctx.Done():
 		case <-time.After(50 * time.Millisecond):

@@ -33,7 +33,7 @@ func (f *fakeCache) Renew() {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.renews++
-	f.st = tokens.State{ValidUntil: time.Now().Add(time.Hour), LastRefresh: time.Now()}
+	f.st = tokens.State{Usable: true, ValidUntil: time.Now().Add(time.Hour), LastRefresh: time.Now()}
 }
 
 // fakeGrant records the sign-in it is asked to finish.
@@ -60,7 +60,7 @@ func (g *fakeGrant) Key(a string) string                                        
 func newTestServer(t *testing.T) (*httptest.Server, *fakeCache, *fakeGrant, *Metrics) {
 	cache := &fakeCache{st: tokens.State{NeedsSignIn: true, LastError: "invalid_grant: AADSTS700082"}}
 	grant := &fakeGrant{}
-	m := NewMetrics(map[string]TokenSource{"crm": cache})
+	m := NewMetrics(map[string]TokenSource{"crm": cache}, nil)
 	s := New(Options{
 		Profiles: []Profile{{Name: "crm", Credential: "microsoft365 (public app)", Account: "a@x", Tokens: cache, Delegated: grant}},
 		Username: "admin", Password: "pw", Token: "bearer-1", Metrics: m,
@@ -185,7 +185,8 @@ func TestMetricsCountWhatTheObserverIsTold(t *testing.T) {
 	m.SessionStarted("smtp", "crm")
 	m.Relayed("crm", 2048, 30*time.Millisecond)
 	m.Failed("pop3", "crm", &upstream.Error{Profile: "crm", Stage: "connect", Err: errors.New("refused")})
-	m.Failed("smtp", "crm", &tokens.Error{Profile: "crm", Err: errors.New("invalid_grant"), NeedsSignIn: true})
+	m.Failed("smtp", "crm", &upstream.Error{Profile: "crm", Stage: upstream.StageToken, Kind: upstream.PersonNeeded,
+		Err: &tokens.Error{Profile: "crm", Err: errors.New("invalid_grant"), NeedsSignIn: true}})
 	_, body := do(t, "GET", ts.URL+"/metrics", map[string]string{"Authorization": "Bearer bearer-1"})
 	for _, want := range []string{
 		`mailproxy_sessions_total{profile="crm",protocol="imap"} 1`,

@@ -31,8 +31,9 @@ type TokenSource interface {
 }
 
 // NewMetrics registers mailproxy's metrics, the token state of caches (by
-// profile) and the Go runtime's.
-func NewMetrics(caches map[string]TokenSource) *Metrics {
+// profile) and the Go runtime's; with store, the number of token store
+// changes not yet saved (a full disk).
+func NewMetrics(caches map[string]TokenSource, store interface{ Unsaved() int }) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_sessions_total",
@@ -54,6 +55,11 @@ func NewMetrics(caches map[string]TokenSource) *Metrics {
 	for _, c := range []prometheus.Collector{m.sessions, m.active, m.bytes, m.messages, m.msgBytes, m.errors, m.loginTime, m.relayTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), tokenCollector(caches)} {
 		f(c)
+	}
+	if store != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailproxy_token_store_unsaved_changes",
+			Help: "Token store changes (rotated refresh tokens among them) kept in memory because the store cannot be written; 0 when all are saved."},
+			func() float64 { return float64(store.Unsaved()) }))
 	}
 	return m
 }

@@ -243,10 +243,22 @@ func TestBadIMAPInputDoesNotHarmOtherSessions(t *testing.T) {
 			})
 		}
 		wg.Wait()
+		// Failed logins per address are limited across connections
+		// (limits.failed_logins, 30 a minute): the rest are told to wait,
+		// with no password check.
+		checked, refused := 0, 0
 		for reply, n := range replies {
-			if !strings.Contains(reply, "NO [AUTHENTICATIONFAILED] Invalid user name or password") {
+			switch {
+			case strings.Contains(reply, "NO [AUTHENTICATIONFAILED] Invalid user name or password"):
+				checked += n
+			case strings.Contains(reply, "NO [UNAVAILABLE] Too many failed logins from 127.0.0.1: try again in"):
+				refused += n
+			default:
 				t.Errorf("%d × %q", n, reply)
 			}
+		}
+		if checked < 1 || checked > 32 || checked+refused != 900 {
+			t.Errorf("%d passwords checked and %d refused of 900 wrong logins from one address, want at most 32 checked", checked, refused)
 		}
 		if rss := peakRSS(t, p.cmd.Process.Pid); rss > 200<<10 {
 			t.Errorf("peak RSS %d MB after the storm", rss>>10)

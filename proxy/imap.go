@@ -15,17 +15,37 @@ import (
 	"time"
 )
 
+// IMAPBackend is a profile's side of its IMAP sessions: what a local login
+// starts. An error is told to the client (imapLoginFailure); the
+// capabilities go in the login's tagged OK.
+type IMAPBackend interface {
+	Login(ctx context.Context) (caps []string, s LoggedIn, err error)
+}
+
 // IMAPUpstream logs in to a profile's upstream IMAP server and returns the
 // authenticated connection and the server's capabilities after login.
 type IMAPUpstream interface {
 	Login(ctx context.Context) (net.Conn, []string, error)
 }
 
+// RelayIMAP is the IMAPBackend that logs in upstream and relays every byte
+// of the session.
+type RelayIMAP struct{ Upstream IMAPUpstream }
+
+// Login implements IMAPBackend.
+func (r RelayIMAP) Login(ctx context.Context) ([]string, LoggedIn, error) {
+	up, caps, err := r.Upstream.Login(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	return clientCapabilities(caps), relayed{up}, nil
+}
+
 // IMAPProfile is a profile served by an IMAP listener.
 type IMAPProfile struct {
-	Name     string
-	Upstream IMAPUpstream
-	Users    []LocalUser
+	Name    string
+	Backend IMAPBackend
+	Users   []LocalUser
 }
 
 // MailboxOptions configure an IMAP or POP3 listener.
@@ -39,6 +59,7 @@ type MailboxOptions struct {
 	// IdleTimeout ends a relayed session quiet both ways for this long
 	// (default DefaultIdleTimeout).
 	IdleTimeout time.Duration
+	Limits      Limits
 	Logger      *slog.Logger
 	Observer    Observer
 }
@@ -54,7 +75,8 @@ type IMAPServer struct {
 // NewIMAPServer builds a listener for profiles; the login picks the profile.
 func NewIMAPServer(profiles []IMAPProfile, o MailboxOptions) *IMAPServer {
 	s := &IMAPServer{o: o, users: profileUsers(profiles, func(p *IMAPProfile) []LocalUser { return p.Users })}
-	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout, observer: o.Observer}
+	s.sessions = sessions{proto: "imap", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout,
+		observer: o.Observer, limits: o.Limits, busy: func(reason string) string { return "* BYE [UNAVAILABLE] mailproxy: " + reason + ": try again later" }}
 	s.sessions.init()
 	return s
 }
@@ -62,21 +84,24 @@ func NewIMAPServer(profiles []IMAPProfile, o MailboxOptions) *IMAPServer {
 type imapSession struct {
 	s        *IMAPServer
 	conn     net.Conn
+	gc       *guardedConn // under conn's TLS, if any
 	r        *bufio.Reader
 	isTLS    bool
 	remote   string
 	failures int
 }
 
-func (s *IMAPServer) serve(ctx context.Context, conn net.Conn, act *activity) {
+func (s *IMAPServer) serve(ctx context.Context, conn net.Conn, gc *guardedConn, act *activity) {
 	_, isTLS := conn.(*tls.Conn)
-	ss := &imapSession{s: s, conn: conn, r: bufio.NewReader(conn), isTLS: isTLS, remote: conn.RemoteAddr().String()}
-	conn.SetDeadline(time.Now().Add(preauthTimeout))
+	ss := &imapSession{s: s, conn: conn, gc: gc, r: bufio.NewReader(conn), isTLS: isTLS, remote: conn.RemoteAddr().String()}
+	// Reads never wait past the login deadline (guardedConn), however
+	// many commands come before it.
+	conn.SetDeadline(time.Now().Add(s.limits.LoginTimeout))
 	if ss.send("* OK [CAPABILITY %s] mailproxy ready", ss.capabilities()) != nil {
 		return
 	}
 	for {
-		conn.SetDeadline(time.Now().Add(preauthTimeout))
+		conn.SetDeadline(time.Now().Add(s.limits.LoginTimeout))
 		ir := &imapReader{r: ss.r, ready: func() error { return ss.send("+ Ready for literal data") }}
 		cmd, err := ir.read()
 		act.touch()
@@ -87,10 +112,10 @@ func (s *IMAPServer) serve(ctx context.Context, conn net.Conn, act *activity) {
 			ss.send("%s BAD %s", bad.tag, bad.msg)
 			continue
 		case errors.As(err, &fatal):
-			ss.send("* BYE %s", fatal.msg)
+			ss.bye("* BYE %s", fatal.msg)
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			ss.send("* BYE Autologout: no login within %s", preauthTimeout)
+			ss.bye("* BYE Autologout: no login within %s", s.limits.LoginTimeout)
 			return
 		case err != nil:
 			return
@@ -154,6 +179,7 @@ func (ss *imapSession) startTLS(tag string) bool {
 	// Anything the client sent after STARTTLS, before the handshake, is
 	// dropped: it would be a command injected in the clear (RFC 3207 §6).
 	tc := tls.Server(ss.conn, ss.s.o.TLSConfig)
+	tc.SetDeadline(time.Now().Add(ss.s.limits.LoginTimeout))
 	if err := tc.Handshake(); err != nil {
 		ss.s.log.Debug("local TLS handshake failed", "proto", "imap", "remote", ss.remote, "err", err)
 		return true
@@ -222,22 +248,27 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 	if ss.loginDisabled() {
 		return ss.send("%s NO [PRIVACYREQUIRED] Log in after STARTTLS", tag) != nil
 	}
+	if wait, ok := ss.s.limits.Logins.Try(ss.gc.addr); !ok {
+		log.Warn("local login refused: too many failed logins from this address", "retry_in", wait)
+		return ss.send("%s NO [UNAVAILABLE] Too many failed logins from %s: try again in %s", tag, ss.gc.addr, wait) != nil
+	}
 	p, label, err := ss.s.users.Check(user, pass)
 	if err != nil {
 		ss.failures++
 		log.Warn("local login failed", "failures", ss.failures)
-		sleep(ctx, ss.s.failureDelay)
+		sleep(ctx, ss.s.failureDelay) // the address's budget counted it in Try
 		ss.send("%s NO [AUTHENTICATIONFAILED] Invalid user name or password", tag)
 		if ss.failures >= maxLoginFailures {
-			ss.send("* BYE Too many failed logins")
+			ss.bye("* BYE Too many failed logins")
 			return true
 		}
 		return false
 	}
+	ss.s.limits.Logins.Refund(ss.gc.addr)
 	log = log.With("profile", p.Name, "login", label)
 	lctx, cancel := context.WithTimeout(ctx, upstreamLoginTimeout)
 	start := time.Now()
-	up, caps, err := p.Upstream.Login(lctx)
+	caps, li, err := p.Backend.Login(lctx)
 	cancel()
 	act.touch()
 	if err != nil {
@@ -246,13 +277,17 @@ func (ss *imapSession) login(ctx context.Context, tag, user, pass string, act *a
 		ss.s.observer.Failed("imap", p.Name, err)
 		return ss.send("%s NO [%s] %s", tag, code, oneLine(text)) != nil
 	}
-	if err := ss.send("%s OK [CAPABILITY %s] Logged in", tag, strings.Join(clientCapabilities(caps), " ")); err != nil {
-		up.Close()
+	ss.gc.LoggedIn()
+	if len(caps) == 0 {
+		caps = []string{"IMAP4rev1"}
+	}
+	if err := ss.send("%s OK [CAPABILITY %s] Logged in", tag, strings.Join(caps, " ")); err != nil {
+		li.Close()
 		return true
 	}
 	r := ss.r
 	ss.r = nil
-	ss.s.relayLoggedIn(ss.conn, r, up, act, log, p.Name, start)
+	ss.s.relayLoggedIn(ss.conn, r, li, act, log, p.Name, start)
 	return true
 }
 
@@ -267,15 +302,19 @@ func clientCapabilities(caps []string) []string {
 		}
 		out = append(out, c)
 	}
-	if len(out) == 0 {
-		out = append(out, "IMAP4rev1")
-	}
 	return out
 }
 
 func (ss *imapSession) send(format string, args ...any) error {
 	_, err := fmt.Fprintf(ss.conn, format+"\r\n", args...)
 	return err
+}
+
+// bye sends the session's last line, with a deadline of its own: the read
+// deadline that ended the session must not keep it from the client.
+func (ss *imapSession) bye(format string, args ...any) {
+	ss.conn.SetWriteDeadline(time.Now().Add(byeTimeout))
+	ss.send(format, args...)
 }
 
 // sleep waits d or until ctx ends.

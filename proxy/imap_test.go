@@ -142,7 +142,7 @@ func (c *client) expect(prefix string) string {
 }
 
 func startIMAP(t *testing.T, up IMAPUpstream, o MailboxOptions) (*IMAPServer, func() *client) {
-	s := NewIMAPServer([]IMAPProfile{{Name: "p", Upstream: up, Users: []LocalUser{{Name: "app", Username: "joe", Password: `pa ss"w\d`}}}}, o)
+	s := NewIMAPServer([]IMAPProfile{{Name: "p", Backend: RelayIMAP{up}, Users: []LocalUser{{Name: "app", Username: "joe", Password: `pa ss"w\d`}}}}, o)
 	s.failureDelay = 0
 	addr := serveLocal(t, &s.sessions)
 	return s, func() *client {
@@ -295,10 +295,10 @@ func FuzzIMAPPreLogin(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	up := &fakeIMAPUpstream{server: make(chan net.Conn, 1), caps: []string{"IMAP4rev1"}}
-	s := NewIMAPServer([]IMAPProfile{{Name: "p", Upstream: up, Users: []LocalUser{{Username: "joe", Password: `pa ss"w\d`}}}}, MailboxOptions{IdleTimeout: time.Second})
+	s := NewIMAPServer([]IMAPProfile{{Name: "p", Backend: RelayIMAP{up}, Users: []LocalUser{{Username: "joe", Password: `pa ss"w\d`}}}}, MailboxOptions{IdleTimeout: time.Second})
 	s.failureDelay = 0
 	f.Fuzz(func(t *testing.T, in []byte) {
-		runFuzzSession(t, in, up.server, func(c net.Conn) { s.serve(context.Background(), c, &activity{}) })
+		runFuzzSession(t, in, up.server, func(c net.Conn) { g := guarded(c); s.serve(context.Background(), g, g, &activity{}) })
 	})
 }
 

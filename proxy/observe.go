@@ -1,14 +1,6 @@
 package proxy
 
-import (
-	"errors"
-	"time"
-
-	"github.com/emersion/go-smtp"
-
-	"mailproxy/tokens"
-	"mailproxy/upstream"
-)
+import "time"
 
 // Observer is told what sessions do, for metrics. Its methods must be quick
 // and safe for concurrent use.
@@ -27,28 +19,6 @@ type Observer interface {
 	Failed(proto, profile string, err error)
 }
 
-// ErrorClass names the kind of an upstream failure: token (no token could
-// be had), sign_in (a person must sign in again), refused (the upstream
-// refused the login), rejected (the upstream refused a message or
-// recipient), or unavailable (not reachable, broken, timed out).
-func ErrorClass(err error) string {
-	var te *tokens.Error
-	var ue *upstream.Error
-	switch {
-	case errors.As(err, &te) && te.NeedsSignIn:
-		return "sign_in"
-	case errors.As(err, &te):
-		return "token"
-	case upstream.IsRefused(err):
-		return "refused"
-	case errors.As(err, &ue):
-		return "unavailable"
-	case isSMTPError(err):
-		return "rejected"
-	}
-	return "unavailable"
-}
-
 type nopObserver struct{}
 
 func (nopObserver) SessionStarted(string, string)             {}
@@ -62,9 +32,4 @@ func observerOr(o Observer) Observer {
 		return nopObserver{}
 	}
 	return o
-}
-
-func isSMTPError(err error) bool {
-	var se *smtp.SMTPError
-	return errors.As(err, &se)
 }

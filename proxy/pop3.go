@@ -12,17 +12,36 @@ import (
 	"time"
 )
 
+// POP3Backend is a profile's side of its POP3 sessions: what a local login
+// starts. An error is told to the client (pop3LoginFailure).
+type POP3Backend interface {
+	Login(ctx context.Context) (LoggedIn, error)
+}
+
 // POP3Upstream logs in to a profile's upstream POP3 server and returns the
 // authenticated connection (TRANSACTION state).
 type POP3Upstream interface {
 	Login(ctx context.Context) (net.Conn, error)
 }
 
+// RelayPOP3 is the POP3Backend that logs in upstream and relays every byte
+// of the session.
+type RelayPOP3 struct{ Upstream POP3Upstream }
+
+// Login implements POP3Backend.
+func (r RelayPOP3) Login(ctx context.Context) (LoggedIn, error) {
+	up, err := r.Upstream.Login(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return relayed{up}, nil
+}
+
 // POP3Profile is a profile served by a POP3 listener.
 type POP3Profile struct {
-	Name     string
-	Upstream POP3Upstream
-	Users    []LocalUser
+	Name    string
+	Backend POP3Backend
+	Users   []LocalUser
 }
 
 // POP3Server is a local POP3 listener: it takes the app's USER/PASS or
@@ -37,7 +56,8 @@ type POP3Server struct {
 // NewPOP3Server builds a listener for profiles; the login picks the profile.
 func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
 	s := &POP3Server{o: o, users: profileUsers(profiles, func(p *POP3Profile) []LocalUser { return p.Users })}
-	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout, observer: o.Observer}
+	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout,
+		observer: o.Observer, limits: o.Limits, busy: func(reason string) string { return "-ERR [SYS/TEMP] mailproxy: " + reason + ": try again later" }}
 	s.sessions.init()
 	return s
 }
@@ -45,6 +65,7 @@ func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
 type pop3Session struct {
 	s        *POP3Server
 	conn     net.Conn
+	gc       *guardedConn // under conn's TLS, if any
 	r        *bufio.Reader
 	isTLS    bool
 	remote   string
@@ -52,26 +73,27 @@ type pop3Session struct {
 	failures int
 }
 
-func (s *POP3Server) serve(ctx context.Context, conn net.Conn, act *activity) {
+func (s *POP3Server) serve(ctx context.Context, conn net.Conn, gc *guardedConn, act *activity) {
 	_, isTLS := conn.(*tls.Conn)
-	ps := &pop3Session{s: s, conn: conn, r: bufio.NewReader(conn), isTLS: isTLS, remote: conn.RemoteAddr().String()}
+	ps := &pop3Session{s: s, conn: conn, gc: gc, r: bufio.NewReader(conn), isTLS: isTLS, remote: conn.RemoteAddr().String()}
 	// No <timestamp> in the greeting: it would invite APOP (curl, Jakarta),
-	// which needs the password in the clear on this side.
-	conn.SetDeadline(time.Now().Add(preauthTimeout))
+	// which needs the password in the clear on this side. Reads never wait
+	// past the login deadline (guardedConn).
+	conn.SetDeadline(time.Now().Add(s.limits.LoginTimeout))
 	if ps.send("+OK mailproxy POP3 ready") != nil {
 		return
 	}
 	for {
-		conn.SetDeadline(time.Now().Add(preauthTimeout))
+		conn.SetDeadline(time.Now().Add(s.limits.LoginTimeout))
 		line, err := readBoundedLine(ps.r, maxPreauthLine)
 		act.touch()
 		var fatal *errFatal
 		switch {
 		case errors.As(err, &fatal):
-			ps.send("-ERR %s", fatal.msg)
+			ps.bye("-ERR %s", fatal.msg)
 			return
 		case errors.Is(err, os.ErrDeadlineExceeded):
-			ps.send("-ERR Autologout: no login within %s", preauthTimeout)
+			ps.bye("-ERR Autologout: no login within %s", s.limits.LoginTimeout)
 			return
 		case err != nil:
 			return
@@ -162,6 +184,7 @@ func (ps *pop3Session) startTLS() bool {
 	}
 	// What the client sent before the handshake is dropped (see IMAP).
 	tc := tls.Server(ps.conn, ps.s.o.TLSConfig)
+	tc.SetDeadline(time.Now().Add(ps.s.limits.LoginTimeout))
 	if err := tc.Handshake(); err != nil {
 		ps.s.log.Debug("local TLS handshake failed", "proto", "pop3", "remote", ps.remote, "err", err)
 		return true
@@ -174,20 +197,26 @@ func (ps *pop3Session) startTLS() bool {
 // session until it ends.
 func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activity) bool {
 	log := ps.s.log.With("proto", "pop3", "remote", ps.remote, "user", user)
+	if wait, ok := ps.s.limits.Logins.Try(ps.gc.addr); !ok {
+		log.Warn("local login refused: too many failed logins from this address", "retry_in", wait)
+		return ps.send("-ERR [SYS/TEMP] Too many failed logins from %s: try again in %s", ps.gc.addr, wait) != nil
+	}
 	p, label, err := ps.s.users.Check(user, pass)
 	if err != nil {
 		ps.failures++
 		log.Warn("local login failed", "failures", ps.failures)
-		sleep(ctx, ps.s.failureDelay)
-		if ps.send("-ERR [AUTH] Invalid user name or password") != nil || ps.failures >= maxLoginFailures {
+		sleep(ctx, ps.s.failureDelay) // the address's budget counted it in Try
+		if ps.failures >= maxLoginFailures {
+			ps.bye("-ERR [AUTH] Invalid user name or password; too many failed logins")
 			return true
 		}
-		return false
+		return ps.send("-ERR [AUTH] Invalid user name or password") != nil
 	}
+	ps.s.limits.Logins.Refund(ps.gc.addr)
 	log = log.With("profile", p.Name, "login", label)
 	lctx, cancel := context.WithTimeout(ctx, upstreamLoginTimeout)
 	start := time.Now()
-	up, err := p.Upstream.Login(lctx)
+	li, err := p.Backend.Login(lctx)
 	cancel()
 	act.touch()
 	if err != nil {
@@ -196,17 +225,24 @@ func (ps *pop3Session) login(ctx context.Context, user, pass string, act *activi
 		ps.s.observer.Failed("pop3", p.Name, err)
 		return ps.send("%s", reply) != nil
 	}
+	ps.gc.LoggedIn()
 	if err := ps.send("+OK Logged in"); err != nil {
-		up.Close()
+		li.Close()
 		return true
 	}
 	r := ps.r
 	ps.r = nil
-	ps.s.relayLoggedIn(ps.conn, r, up, act, log, p.Name, start)
+	ps.s.relayLoggedIn(ps.conn, r, li, act, log, p.Name, start)
 	return true
 }
 
 func (ps *pop3Session) send(format string, args ...any) error {
 	_, err := fmt.Fprintf(ps.conn, format+"\r\n", args...)
 	return err
+}
+
+// bye sends the session's last line, with a deadline of its own.
+func (ps *pop3Session) bye(format string, args ...any) {
+	ps.conn.SetWriteDeadline(time.Now().Add(byeTimeout))
+	ps.send(format, args...)
 }

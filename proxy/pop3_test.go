@@ -29,7 +29,7 @@ func (f *fakePOP3Upstream) Login(context.Context) (net.Conn, error) {
 }
 
 func startPOP3(t *testing.T, up POP3Upstream) func() *client {
-	s := NewPOP3Server([]POP3Profile{{Name: "p", Upstream: up, Users: []LocalUser{{Username: "joe", Password: "pä ss"}}}}, MailboxOptions{})
+	s := NewPOP3Server([]POP3Profile{{Name: "p", Backend: RelayPOP3{up}, Users: []LocalUser{{Username: "joe", Password: "pä ss"}}}}, MailboxOptions{})
 	s.failureDelay = 0
 	addr := serveLocal(t, &s.sessions)
 	return func() *client {
@@ -137,9 +137,9 @@ func FuzzPOP3PreLogin(f *testing.F) {
 		f.Add([]byte(seed))
 	}
 	up := &fakePOP3Upstream{server: make(chan net.Conn, 1)}
-	s := NewPOP3Server([]POP3Profile{{Name: "p", Upstream: up, Users: []LocalUser{{Username: "joe", Password: "pä ss"}}}}, MailboxOptions{IdleTimeout: time.Second})
+	s := NewPOP3Server([]POP3Profile{{Name: "p", Backend: RelayPOP3{up}, Users: []LocalUser{{Username: "joe", Password: "pä ss"}}}}, MailboxOptions{IdleTimeout: time.Second})
 	s.failureDelay = 0
 	f.Fuzz(func(t *testing.T, in []byte) {
-		runFuzzSession(t, in, up.server, func(c net.Conn) { s.serve(context.Background(), c, &activity{}) })
+		runFuzzSession(t, in, up.server, func(c net.Conn) { g := guarded(c); s.serve(context.Background(), g, g, &activity{}) })
 	})
 }

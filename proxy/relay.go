@@ -173,8 +173,12 @@ func closeWrite(c net.Conn) {
 	}
 }
 
-// activity is when a session last moved a byte, for graceful shutdown.
-type activity struct{ last atomic.Int64 }
+// activity is when a session last moved a byte, and whether it is past its
+// login, for graceful shutdown.
+type activity struct {
+	last     atomic.Int64
+	relaying atomic.Bool
+}
 
 func (a *activity) touch() { a.last.Store(time.Now().UnixNano()) }
 

@@ -87,3 +87,8 @@ func TestRelayPassesHalfCloseAndEndsTogether(t *testing.T) {
 		t.Fatal("relay did not end with both sides")
 	}
 }
+
+// guarded wraps c as an admitted connection with no limits.
+func guarded(c net.Conn) *guardedConn {
+	return &guardedConn{Conn: c, l: guard(nil, "test", Limits{}, nil, nil, nil)}
+}

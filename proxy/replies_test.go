@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/emersion/go-smtp"
@@ -54,5 +55,44 @@ func TestLoginServerAcceptsUsernameWithCommandOrAfterPrompt(t *testing.T) {
 	l.Next([]byte("pw2"))
 	if got != [2]string{"app2", "pw2"} {
 		t.Fatalf("got %v", got)
+	}
+}
+
+// One failure is one class in the metrics, whatever the protocol: an SMTP
+// upstream's 535 and an IMAP upstream's NO are both the upstream refusing
+// mailproxy's login.
+func TestErrorClassIsTheSameForEveryProtocol(t *testing.T) {
+	smtpRefused := &upstream.Error{Profile: "p", Stage: upstream.StageAuth, Kind: upstream.Refused, Err: &upstream.RefusedError{Reply: "535 5.7.8 bad token"}}
+	imapRefused := &upstream.Error{Profile: "p", Stage: upstream.StageAuth, Kind: upstream.Refused, Err: &upstream.RefusedError{Reply: "NO [AUTHENTICATIONFAILED]"}}
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{smtpRefused, "refused"},
+		{imapRefused, "refused"},
+		{&upstream.Error{Profile: "p", Stage: upstream.StageToken, Kind: upstream.PersonNeeded, Err: errors.New("invalid_grant")}, "sign_in"},
+		{&upstream.Error{Profile: "p", Stage: upstream.StageToken, Err: errors.New("HTTP 503")}, "token"},
+		{&upstream.Error{Profile: "p", Stage: upstream.StageConnect, Err: errors.New("refused")}, "unavailable"},
+		{&smtp.SMTPError{Code: 550, Message: "no such user"}, "rejected"},
+	} {
+		if got := ErrorClass(tc.err); got != tc.want {
+			t.Errorf("%v: class %q, want %q", tc.err, got, tc.want)
+		}
+	}
+	if code, _ := imapLoginFailure(smtpRefused); code != "AUTHENTICATIONFAILED" {
+		t.Errorf("a refusal is told as %s", code)
+	}
+}
+
+// Replies carry printable ASCII only, whatever bytes a client sent.
+func TestOneLineIsPrintableASCII(t *testing.T) {
+	got := oneLine("X\xff\xfe\x00\x1b[31mé\r\nY")
+	for i := 0; i < len(got); i++ {
+		if got[i] < 0x20 || got[i] >= 0x7f {
+			t.Fatalf("oneLine kept byte %#x: %q", got[i], got)
+		}
+	}
+	if !strings.HasPrefix(got, "X") || !strings.HasSuffix(got, "Y") {
+		t.Fatalf("oneLine lost the text: %q", got)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"errors"
 	"log/slog"
 	"net"
 	"sync"
@@ -16,23 +15,63 @@ import (
 // for at least 30 minutes only once logged in; before, a client is expected
 // to log in promptly.
 const (
-	preauthTimeout = 2 * time.Minute
+	// DefaultLoginTimeout is the time from a connection's start to a
+	// completed local login, unless Limits say otherwise.
+	DefaultLoginTimeout = 2 * time.Minute
 	// failureDelay answers a failed local login, so guessing is slow.
 	failureDelay = 500 * time.Millisecond
 	// maxLoginFailures per connection, then the session is closed.
 	maxLoginFailures = 3
 	// upstreamLoginTimeout bounds connecting and logging in upstream.
 	upstreamLoginTimeout = time.Minute
+	// byeTimeout bounds writing the last line to a client.
+	byeTimeout = 5 * time.Second
 )
 
-// sessions is what the IMAP and POP3 listeners share: accepting, implicit
-// TLS, tracking sessions, and shutting down gracefully.
+// LoggedIn is an IMAP or POP3 session past its local login, on the
+// profile's side: today an upstream login whose bytes are relayed; a
+// mailbox mailproxy serves itself plugs in here too.
+type LoggedIn interface {
+	// Serve runs the session on the client's connection until it ends and
+	// returns the bytes moved to the server and to the client.
+	Serve(c Client) (up, down int64)
+	// Close ends a session that will not be served (the client left).
+	Close() error
+}
+
+// Client is the local side of a logged-in session.
+type Client struct {
+	Conn net.Conn
+	// Pending are bytes the client sent after its login command.
+	Pending []byte
+	// IdleTimeout ends a session quiet both ways for this long.
+	IdleTimeout time.Duration
+	act         *activity
+}
+
+// Touch marks the session busy now (graceful shutdown lets busy sessions
+// finish and closes quiet ones).
+func (c Client) Touch() { c.act.touch() }
+
+// relayed is a LoggedIn whose bytes go to an upstream connection.
+type relayed struct{ up net.Conn }
+
+func (r relayed) Serve(c Client) (int64, int64) {
+	return relay(c.Conn, r.up, c.Pending, c.IdleTimeout, c.act)
+}
+
+func (r relayed) Close() error { return r.up.Close() }
+
+// sessions is what the IMAP and POP3 listeners share: accepting within
+// limits, implicit TLS, tracking sessions, and shutting down gracefully.
 type sessions struct {
 	proto    string
 	tls      *tls.Config
 	implicit bool
 	log      *slog.Logger
-	serve    func(ctx context.Context, c net.Conn, act *activity)
+	serve    func(ctx context.Context, c net.Conn, gc *guardedConn, act *activity)
+	busy     busyReply
+	limits   Limits
 	observer Observer
 	// failureDelay answers a failed local login (tests set it to zero).
 	failureDelay time.Duration
@@ -43,8 +82,9 @@ type sessions struct {
 	live      map[net.Conn]*activity
 	closing   bool
 	wg        sync.WaitGroup
-	ctx       context.Context
-	cancel    context.CancelFunc
+	// ctx ends when shutdown starts: logins under way are abandoned.
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
 func (s *sessions) init() {
@@ -54,6 +94,9 @@ func (s *sessions) init() {
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
+	if s.limits.LoginTimeout <= 0 {
+		s.limits.LoginTimeout = DefaultLoginTimeout
+	}
 	s.live = map[net.Conn]*activity{}
 	s.observer = observerOr(s.observer)
 	s.failureDelay = failureDelay
@@ -62,9 +105,11 @@ func (s *sessions) init() {
 
 // Serve accepts connections on l until Shutdown.
 func (s *sessions) Serve(l net.Listener) error {
+	var implicit *tls.Config
 	if s.implicit {
-		l = tls.NewListener(l, s.tls)
+		implicit = s.tls
 	}
+	g := guard(l, s.proto, s.limits, s.busy, implicit, s.log)
 	s.mu.Lock()
 	if s.closing {
 		s.mu.Unlock()
@@ -73,9 +118,8 @@ func (s *sessions) Serve(l net.Listener) error {
 	}
 	s.listeners = append(s.listeners, l)
 	s.mu.Unlock()
-	var delay time.Duration
 	for {
-		c, err := l.Accept()
+		c, err := g.Accept()
 		if err != nil {
 			s.mu.Lock()
 			closing := s.closing
@@ -83,43 +127,54 @@ func (s *sessions) Serve(l net.Listener) error {
 			if closing {
 				return nil
 			}
-			if !errors.Is(err, net.ErrClosed) {
-				// Out of file descriptors, say: wait and go on.
-				delay = min(max(delay*2, 5*time.Millisecond), time.Second)
-				s.log.Warn("accept failed", "proto", s.proto, "err", err, "retry_in", delay)
-				time.Sleep(delay)
-				continue
-			}
 			return err
 		}
-		delay = 0
+		gc := c.(*guardedConn)
+		var conn net.Conn = gc
+		if s.implicit {
+			conn = tls.Server(gc, s.tls)
+		}
 		act := &activity{}
 		act.touch()
 		s.mu.Lock()
 		if s.closing {
 			s.mu.Unlock()
-			c.Close()
+			conn.Close()
 			continue
 		}
-		s.live[c] = act
+		s.live[conn] = act
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go func() {
 			defer s.wg.Done()
 			defer func() {
 				s.mu.Lock()
-				delete(s.live, c)
+				delete(s.live, conn)
 				s.mu.Unlock()
 			}()
-			defer c.Close()
-			s.serve(s.ctx, c, act)
+			defer conn.Close()
+			s.serveConn(conn, gc, act)
 		}()
 	}
 }
 
-// Shutdown stops accepting, lets sessions that are moving bytes finish
-// until ctx ends, and closes quiet ones (idle IMAP clients reconnect to
-// the next process) and then everything left.
+// serveConn runs one session: the implicit TLS handshake first, within the
+// login deadline.
+func (s *sessions) serveConn(conn net.Conn, gc *guardedConn, act *activity) {
+	if tc, ok := conn.(*tls.Conn); ok {
+		tc.SetDeadline(time.Now().Add(s.limits.LoginTimeout))
+		if err := tc.Handshake(); err != nil {
+			s.log.Debug("local TLS handshake failed", "proto", s.proto, "remote", conn.RemoteAddr().String(), "err", err)
+			return
+		}
+	}
+	s.serve(s.ctx, conn, gc, act)
+}
+
+// Shutdown stops accepting and abandons logins under way at once; it lets
+// sessions that are moving bytes finish until ctx ends, and closes quiet
+// ones (idle IMAP clients reconnect to the next process) and then
+// everything left.
 func (s *sessions) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
@@ -127,6 +182,7 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 		l.Close()
 	}
 	s.mu.Unlock()
+	s.cancel()
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()
 	tick := time.NewTicker(100 * time.Millisecond)
@@ -135,11 +191,9 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 		s.closeIdle(time.Second)
 		select {
 		case <-done:
-			s.cancel()
 			return nil
 		case <-ctx.Done():
 			s.closeIdle(0)
-			s.cancel()
 			<-done
 			return ctx.Err()
 		case <-tick.C:
@@ -148,27 +202,29 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 }
 
 // relayLoggedIn runs a session whose login the client has been told
-// succeeded: the bytes r already holds go upstream first, then every byte
-// is relayed until the session ends. The caller drops its own reference to
+// succeeded: the bytes r already holds are handed over first, then the
+// session is served until it ends. The caller drops its own reference to
 // r first, so an idle session keeps no pre-login buffer.
-func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, up net.Conn, act *activity, log *slog.Logger, profile string, start time.Time) {
+func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, li LoggedIn, act *activity, log *slog.Logger, profile string, start time.Time) {
 	pending, _ := r.Peek(r.Buffered())
 	pending = bytes.Clone(pending)
 	conn.SetDeadline(time.Time{})
+	act.relaying.Store(true)
 	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
 	s.observer.LoggedIn(s.proto, profile, time.Since(start))
 	s.observer.SessionStarted(s.proto, profile)
-	toUp, toLocal := relay(conn, up, pending, s.idleTimeout, act)
+	toUp, toLocal := li.Serve(Client{Conn: conn, Pending: pending, IdleTimeout: s.idleTimeout, act: act})
 	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
 	s.observer.SessionEnded(s.proto, profile, toUp, toLocal)
 }
 
-// closeIdle closes sessions quiet for at least d.
+// closeIdle closes sessions quiet for at least d, and every session not
+// yet logged in.
 func (s *sessions) closeIdle(d time.Duration) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for c, act := range s.live {
-		if d == 0 || act.idleFor() >= d {
+		if d == 0 || !act.relaying.Load() || act.idleFor() >= d {
 			c.Close()
 		}
 	}

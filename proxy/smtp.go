@@ -8,7 +8,10 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -21,11 +24,12 @@ type Sender interface {
 	Begin(ctx context.Context, from string, opts *smtp.MailOptions) (Transaction, error)
 }
 
-// Transaction is one message on its way upstream.
+// Transaction is one message on its way upstream. A context that ends
+// ends the call (and the transaction).
 type Transaction interface {
-	Rcpt(to string, opts *smtp.RcptOptions) error
+	Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error
 	// Data returns nil only once the upstream has accepted the message.
-	Data(r io.Reader) error
+	Data(ctx context.Context, r io.Reader) error
 	// Abort ends the transaction without a message.
 	Abort()
 }
@@ -49,18 +53,28 @@ type SMTPOptions struct {
 	RequireTLS      bool
 	MaxMessageBytes int64
 	// Domain is the name in the greeting (default "mailproxy").
-	Domain   string
+	Domain string
+	// Limits bound connections; LoginTimeout applies to listeners with
+	// local logins.
+	Limits   Limits
 	Logger   *slog.Logger
 	Observer Observer
 }
 
 // SMTPServer is a local SMTP listener.
 type SMTPServer struct {
-	srv      *smtp.Server
-	o        SMTPOptions
-	users    *Users[*SMTPProfile]
-	noAuth   *SMTPProfile
-	implicit bool
+	srv          *smtp.Server
+	o            SMTPOptions
+	users        *Users[*SMTPProfile]
+	noAuth       *SMTPProfile
+	implicit     bool
+	failureDelay time.Duration
+
+	mu       sync.Mutex
+	live     map[*smtpSession]struct{}
+	closing  bool
+	shutdown context.Context // ends when Shutdown starts
+	stop     context.CancelFunc
 }
 
 // NewSMTPServer builds a server for the given profiles.
@@ -72,7 +86,8 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 		o.Domain = "mailproxy"
 	}
 	o.Observer = observerOr(o.Observer)
-	s := &SMTPServer{o: o, users: NewUsers[*SMTPProfile](), implicit: o.ImplicitTLS}
+	s := &SMTPServer{o: o, users: NewUsers[*SMTPProfile](), implicit: o.ImplicitTLS, failureDelay: failureDelay, live: map[*smtpSession]struct{}{}}
+	s.shutdown, s.stop = context.WithCancel(context.Background())
 	for i := range o.Profiles {
 		p := &o.Profiles[i]
 		if len(p.Users) == 0 {
@@ -87,6 +102,8 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 	srv.MaxMessageBytes = o.MaxMessageBytes
 	srv.MaxRecipients = 1000
 	srv.MaxLineLength = 4000 // RFC 5321 says 1000; be lenient with old apps, but bounded
+	// Per command once logged in; before, the login deadline bounds the
+	// whole login (guardedConn).
 	srv.ReadTimeout = 10 * time.Minute
 	srv.WriteTimeout = 2 * time.Minute
 	srv.EnableSMTPUTF8 = true
@@ -101,6 +118,19 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 
 // Serve accepts connections on l until Shutdown or Close.
 func (s *SMTPServer) Serve(l net.Listener) error {
+	limits := s.o.Limits
+	if s.noAuth != nil {
+		limits.LoginTimeout = 0 // nobody logs in
+	} else if limits.LoginTimeout <= 0 {
+		limits.LoginTimeout = DefaultLoginTimeout
+	}
+	var implicit *tls.Config
+	if s.implicit {
+		implicit = s.o.TLSConfig
+	}
+	l = guard(l, "smtp", limits, func(reason string) string {
+		return "421 4.7.0 mailproxy: " + reason + ": try again later"
+	}, implicit, s.o.Logger)
 	if s.implicit {
 		l = tls.NewListener(l, s.o.TLSConfig)
 	}
@@ -111,10 +141,27 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting and waits for sessions to end (messages in flight
-// are finished) until ctx ends, then closes what is left.
+// Shutdown stops accepting, closes every session that is not in the middle
+// of a message (a MAIL still waiting for its upstream or token is
+// abandoned: the app keeps the message), waits for the messages in flight
+// until ctx ends, then closes what is left.
 func (s *SMTPServer) Shutdown(ctx context.Context) error {
-	err := s.srv.Shutdown(ctx)
+	s.mu.Lock()
+	s.closing = true
+	idle := make([]*smtpSession, 0, len(s.live))
+	for ss := range s.live {
+		idle = append(idle, ss)
+	}
+	s.mu.Unlock()
+	s.stop()
+	done := make(chan error, 1)
+	go func() { done <- s.srv.Shutdown(ctx) }()
+	for _, ss := range idle {
+		if !ss.inData.Load() {
+			ss.conn.Close()
+		}
+	}
+	err := <-done
 	if err != nil {
 		s.srv.Close()
 	}
@@ -123,8 +170,19 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 
 // NewSession implements smtp.Backend.
 func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ctx, cancel := context.WithCancel(context.Background())
-	ss := &smtpSession{s: s, ctx: ctx, cancel: cancel, remote: c.Conn().RemoteAddr().String()}
+	ss := &smtpSession{s: s, conn: c, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String()}
+	ss.life, ss.end = context.WithCancel(context.Background())
+	ss.ctx, ss.cancel = context.WithCancel(ss.life)
+	ss.stopAfter = context.AfterFunc(s.shutdown, ss.cancel)
+	s.mu.Lock()
+	closing := s.closing
+	if !closing {
+		s.live[ss] = struct{}{}
+	}
+	s.mu.Unlock()
+	if closing {
+		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "mailproxy is shutting down: try again later"}
+	}
 	if s.noAuth != nil {
 		ss.bind(s.noAuth, "")
 	}
@@ -132,17 +190,26 @@ func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type smtpSession struct {
-	s       *SMTPServer
-	ctx     context.Context
-	cancel  context.CancelFunc
-	remote  string
-	profile *SMTPProfile
-	login   string
-	txn     Transaction
-	from    string
-	rcpts   int
-	size    int64
-	relayed int64 // bytes of the messages the upstream accepted
+	s    *SMTPServer
+	conn *smtp.Conn
+	gc   *guardedConn // under TLS, if any
+	// life ends with the session; ctx also when shutdown starts.
+	life      context.Context
+	end       context.CancelFunc
+	ctx       context.Context
+	cancel    context.CancelFunc
+	stopAfter func() bool
+	remote    string
+	profile   *SMTPProfile
+	login     string
+	failures  int
+	txn       Transaction
+	from      string
+	rcpts     int
+	size      int64
+	relayed   int64 // bytes of the messages the upstream accepted
+	// inData is set while a message streams: shutdown lets it finish.
+	inData atomic.Bool
 }
 
 var _ smtp.AuthSession = (*smtpSession)(nil)
@@ -156,10 +223,27 @@ func (ss *smtpSession) AuthMechanisms() []string {
 
 func (ss *smtpSession) Auth(mech string) (sasl.Server, error) {
 	check := func(username, password string) error {
+		log := ss.s.o.Logger.With("proto", "smtp", "remote", ss.remote, "user", username)
+		addr := ss.addr()
+		if wait, ok := ss.s.o.Limits.Logins.Try(addr); !ok {
+			log.Warn("local login refused: too many failed logins from this address", "retry_in", wait)
+			return &smtp.SMTPError{Code: 454, EnhancedCode: smtp.EnhancedCode{4, 7, 0},
+				Message: fmt.Sprintf("Too many failed logins from %s: try again in %s", addr, wait)}
+		}
 		p, label, err := ss.s.users.Check(username, password)
 		if err != nil {
-			ss.s.o.Logger.Warn("local login failed", "proto", "smtp", "remote", ss.remote, "user", username)
+			ss.failures++
+			log.Warn("local login failed", "failures", ss.failures)
+			sleep(ss.ctx, ss.s.failureDelay)
+			if ss.failures >= maxLoginFailures && ss.gc != nil {
+				ss.gc.closeAfterWrite.Store(true) // once the 535 is out
+				return &smtp.SMTPError{Code: 535, EnhancedCode: smtp.EnhancedCode{5, 7, 8}, Message: "Authentication credentials invalid; too many failed logins: closing"}
+			}
 			return smtp.ErrAuthFailed
+		}
+		ss.s.o.Limits.Logins.Refund(addr)
+		if ss.gc != nil {
+			ss.gc.LoggedIn()
 		}
 		ss.bind(p, label)
 		return nil
@@ -178,9 +262,24 @@ func (ss *smtpSession) Auth(mech string) (sasl.Server, error) {
 	return nil, smtp.ErrAuthUnknownMechanism
 }
 
+// addr is the client's address, for the failed-login limit.
+func (ss *smtpSession) addr() netip.Addr {
+	if ss.gc != nil {
+		return ss.gc.addr
+	}
+	ap, _ := netip.ParseAddrPort(ss.remote)
+	return ap.Addr().Unmap()
+}
+
 func (ss *smtpSession) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.profile == nil {
 		return smtp.ErrAuthRequired
+	}
+	if ss.ctx.Err() != nil {
+		if ss.gc != nil {
+			ss.gc.closeAfterWrite.Store(true)
+		}
+		return &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "mailproxy is shutting down: try again later"}
 	}
 	txn, err := ss.profile.Sender.Begin(ss.ctx, from, opts)
 	if err != nil {
@@ -196,7 +295,7 @@ func (ss *smtpSession) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if ss.txn == nil {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
-	if err := ss.txn.Rcpt(to, opts); err != nil {
+	if err := ss.txn.Rcpt(ss.ctx, to, opts); err != nil {
 		return smtpReply(err)
 	}
 	ss.rcpts++
@@ -209,7 +308,11 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	start := time.Now()
 	cr := &countingReader{r: r}
-	err := ss.txn.Data(cr)
+	ss.inData.Store(true)
+	// A message in flight may finish during a graceful shutdown: its
+	// context ends only when the session is closed.
+	err := ss.txn.Data(ss.life, cr)
+	ss.inData.Store(false)
 	ss.txn = nil
 	log := ss.s.o.Logger.With("proto", "smtp", "profile", ss.profile.Name, "login", ss.login, "remote", ss.remote,
 		"rcpts", ss.rcpts, "bytes", cr.n, "ms", time.Since(start).Milliseconds())
@@ -245,7 +348,11 @@ func (ss *smtpSession) Logout() error {
 		ss.s.o.Observer.SessionEnded("smtp", ss.profile.Name, ss.relayed, 0)
 	}
 	ss.Reset()
-	ss.cancel()
+	ss.stopAfter()
+	ss.end()
+	ss.s.mu.Lock()
+	delete(ss.s.live, ss)
+	ss.s.mu.Unlock()
 	return nil
 }
 

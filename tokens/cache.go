@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"sync"
 	"time"
 
@@ -59,6 +60,9 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
+// PersonNeeded reports whether a person must act before a token can be had.
+func (e *Error) PersonNeeded() bool { return e.NeedsSignIn }
+
 // permanentCodes are OAuth error codes that no retry will fix.
 var permanentCodes = map[string]bool{
 	"invalid_grant": true, "invalid_client": true, "unauthorized_client": true,
@@ -68,6 +72,10 @@ var permanentCodes = map[string]bool{
 
 // needsSignIn classifies a fetch error.
 func needsSignIn(err error) bool {
+	var ns *NotSignedInError
+	if errors.As(err, &ns) {
+		return true
+	}
 	var re *oauth2.RetrieveError
 	if errors.As(err, &re) {
 		return permanentCodes[re.ErrorCode]
@@ -81,6 +89,9 @@ func needsSignIn(err error) bool {
 
 // State is what an operator may see about a cached token: never the token.
 type State struct {
+	// Usable: a login now gets this token (it is not within the expiry
+	// margin), as Token sees it.
+	Usable      bool
 	ValidUntil  time.Time
 	LastRefresh time.Time
 	LastError   string
@@ -96,22 +107,33 @@ type CacheOptions struct {
 	Now func() time.Time
 	// FetchTimeout bounds one token request (default 30 s).
 	FetchTimeout time.Duration
-	// MaxBackoff caps the wait between failed background refreshes (default 5 min).
+	// LoginWait bounds how long a caller waits for a token request under
+	// way (default 10 s), well under what mail clients allow for a login;
+	// the request goes on and its token serves the next login.
+	LoginWait time.Duration
+	// MaxBackoff caps the wait after failed requests (default 30 s). Until
+	// it is over, every caller is answered with the failure from memory,
+	// so an outage of the token endpoint does not turn every app login
+	// into a token request.
 	MaxBackoff time.Duration
 	// Fix tells a person what to do when the credential needs them, e.g.
 	// "run mailproxy token add crm" (default: fix the credential).
 	Fix string
 	// OnNeedsSignIn is called once each time the credential starts needing
 	// a person (a refused or revoked grant), not on every failed request.
+	// It must not block.
 	OnNeedsSignIn func(*Error)
 	// HoldSignIn is how long a failure that needs a person is answered
-	// from memory rather than asking the provider again (default 10 s),
-	// so a revoked grant does not turn every app login into a token
-	// request. Generation, when set, ends the hold early when it changes
-	// (Store.Generation: someone signed in).
+	// from memory rather than asking the provider again (default 10 s).
 	HoldSignIn time.Duration
+	// Generation, when set, changes with the token store (Vault.Generation):
+	// a change ends a held failure at once (someone signed in), and drops
+	// the token of an account that was removed (the fetcher's SignedIn).
 	Generation func() uint64
 }
+
+// signedIn is implemented by fetchers of delegated credentials.
+type signedIn interface{ SignedIn() bool }
 
 // Cache is a Source that keeps the current token in memory, makes
 // concurrent callers share one request, and (with Run) refreshes the token
@@ -122,15 +144,20 @@ type Cache struct {
 	opts    CacheOptions
 	group   singleflight.Group
 	kick    chan struct{}
+	// life ends the requests under way (Close).
+	life context.Context
+	end  context.CancelFunc
 
 	mu    sync.Mutex
 	tok   *oauth2.Token
+	gen   uint64 // store generation last looked at
 	state State
-	// held is the last failure that needs a person, answered until
-	// heldUntil unless the generation moves on from heldGen.
-	held      *Error
-	heldUntil time.Time
-	heldGen   uint64
+	// failure is the last failed request, answered until retryAt unless
+	// the generation moves on from failGen.
+	failure *Error
+	retryAt time.Time
+	failGen uint64
+	backoff time.Duration
 }
 
 // expirySkew: a token this close to expiry is not handed out.
@@ -147,65 +174,105 @@ func NewCache(profile string, f Fetcher, opts CacheOptions) *Cache {
 	if opts.FetchTimeout == 0 {
 		opts.FetchTimeout = 30 * time.Second
 	}
+	if opts.LoginWait == 0 {
+		opts.LoginWait = 10 * time.Second
+	}
 	if opts.MaxBackoff == 0 {
-		opts.MaxBackoff = 5 * time.Minute
+		opts.MaxBackoff = 30 * time.Second
 	}
 	if opts.HoldSignIn == 0 {
 		opts.HoldSignIn = 10 * time.Second
 	}
-	return &Cache{profile: profile, fetcher: f, opts: opts, kick: make(chan struct{}, 1)}
+	c := &Cache{profile: profile, fetcher: f, opts: opts, kick: make(chan struct{}, 1)}
+	c.life, c.end = context.WithCancel(context.Background())
+	return c
 }
 
+// Close ends the token request under way, if any (at shutdown).
+func (c *Cache) Close() { c.end() }
+
 // Token returns the cached token, or fetches one (once, for all callers
-// waiting at the same time).
+// waiting at the same time). While a failed request is held, it answers
+// with that failure at once; it waits at most LoginWait for a request.
 func (c *Cache) Token(ctx context.Context) (*oauth2.Token, error) {
+	now := c.opts.Now()
 	c.mu.Lock()
-	tok, held, until, gen := c.tok, c.held, c.heldUntil, c.heldGen
+	c.lookAtStore()
+	tok, fail, retryAt, failGen := c.tok, c.failure, c.retryAt, c.failGen
 	c.mu.Unlock()
-	if c.usable(tok) {
+	if c.usable(tok, now) {
 		return tok, nil
 	}
-	if held != nil && c.opts.Now().Before(until) && (c.opts.Generation == nil || c.opts.Generation() == gen) {
-		return nil, held
+	if fail != nil && now.Before(retryAt) && (c.opts.Generation == nil || c.opts.Generation() == failGen) {
+		return nil, fail
 	}
-	ch := c.group.DoChan("token", func() (any, error) { return c.refresh(ctx) })
+	ch := c.group.DoChan("token", func() (any, error) { return c.refresh() })
+	wait := time.NewTimer(c.opts.LoginWait)
+	defer wait.Stop()
 	select {
 	case r := <-ch:
 		if r.Err != nil {
 			return nil, r.Err
 		}
 		return r.Val.(*oauth2.Token), nil
+	case <-wait.C:
+		return nil, &Error{Profile: c.profile, Err: fmt.Errorf("the token endpoint has not answered within %s (still waiting for it)", c.opts.LoginWait)}
 	case <-ctx.Done():
 		return nil, &Error{Profile: c.profile, Err: ctx.Err()}
 	}
 }
 
-func (c *Cache) usable(tok *oauth2.Token) bool {
-	return tok != nil && (tok.Expiry.IsZero() || c.opts.Now().Add(expirySkew).Before(tok.Expiry))
+// lookAtStore notices a change of the token store: a held failure is no
+// longer trusted, and a removed account's token is dropped. The caller
+// holds c.mu.
+func (c *Cache) lookAtStore() {
+	if c.opts.Generation == nil {
+		return
+	}
+	g := c.opts.Generation()
+	if g == c.gen {
+		return
+	}
+	c.gen = g
+	if si, ok := c.fetcher.(signedIn); ok && c.tok != nil && !si.SignedIn() {
+		c.opts.Logger.Info("account removed from the token store: its token is dropped", "profile", c.profile)
+		c.tok = nil
+		c.state.ValidUntil = time.Time{}
+	}
 }
 
-// refresh fetches a token and records the outcome. The request is detached
-// from the caller's cancellation: other callers may be waiting on it.
-func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.opts.FetchTimeout)
+func (c *Cache) usable(tok *oauth2.Token, now time.Time) bool {
+	return tok != nil && (tok.Expiry.IsZero() || now.Add(expirySkew).Before(tok.Expiry))
+}
+
+// refresh fetches a token and records the outcome. The request belongs to
+// the cache, not to a caller: other callers may be waiting on it.
+func (c *Cache) refresh() (*oauth2.Token, error) {
+	ctx, cancel := context.WithTimeout(c.life, c.opts.FetchTimeout)
 	defer cancel()
 	tok, err := c.fetcher.Fetch(ctx)
 	if err == nil && (tok == nil || tok.AccessToken == "") {
 		err = errors.New("token endpoint returned no access token")
 	}
-	now := c.opts.Now()
+	if c.life.Err() != nil {
+		return nil, &Error{Profile: c.profile, Err: errors.New("mailproxy is stopping")}
+	}
 	var gen uint64
-	if err != nil && c.opts.Generation != nil {
+	if c.opts.Generation != nil {
 		gen = c.opts.Generation() // after the fetcher noted its failure in the store
 	}
+	now := c.opts.Now()
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.held = nil
 	if err != nil {
-		e := &Error{Profile: c.profile, Err: err, NeedsSignIn: needsSignIn(err), Fix: c.opts.Fix}
-		if e.NeedsSignIn {
-			c.held, c.heldUntil, c.heldGen = e, now.Add(c.opts.HoldSignIn), gen
+		public := withoutURL(err)
+		e := &Error{Profile: c.profile, Err: public, NeedsSignIn: needsSignIn(err), Fix: c.opts.Fix}
+		hold := c.opts.HoldSignIn
+		if !e.NeedsSignIn {
+			c.backoff = min(max(c.backoff*2, time.Second), c.opts.MaxBackoff)
+			hold = c.backoff/2 + rand.N(c.backoff/2+1)
 		}
+		c.failure, c.retryAt, c.failGen = e, now.Add(hold), gen
 		c.state.LastError = e.Error()
 		became := e.NeedsSignIn && !c.state.NeedsSignIn
 		c.state.NeedsSignIn = e.NeedsSignIn
@@ -213,14 +280,14 @@ func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
 		if became {
 			c.opts.Logger.Error("a person must sign in", "event", "needs_sign_in", "profile", c.profile, "err", err, "fix", e.Fix)
 			if c.opts.OnNeedsSignIn != nil {
-				go c.opts.OnNeedsSignIn(e)
+				c.opts.OnNeedsSignIn(e)
 			}
 		} else {
-			c.opts.Logger.Warn("token request failed", "profile", c.profile, "err", err, "needs_sign_in", e.NeedsSignIn)
+			c.opts.Logger.Warn("token request failed", "profile", c.profile, "err", err, "needs_sign_in", e.NeedsSignIn, "retry_in", hold.Round(time.Millisecond))
 		}
 		return nil, e
 	}
-	c.tok = tok
+	c.tok, c.failure, c.backoff = tok, nil, 0
 	c.state.ValidUntil = tok.Expiry
 	c.state.LastRefresh = now
 	c.state.LastError = ""
@@ -232,6 +299,20 @@ func (c *Cache) refresh(ctx context.Context) (*oauth2.Token, error) {
 	default:
 	}
 	return tok, nil
+}
+
+// withoutURL drops the token endpoint's URL from a transport error (Go's
+// "Post \"https://…\": dial tcp …"): apps are told the cause, the log has
+// the whole error.
+func withoutURL(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		if ue.Timeout() {
+			return fmt.Errorf("the token endpoint did not answer in time: %w", ue.Err)
+		}
+		return fmt.Errorf("cannot reach the token endpoint: %w", ue.Err)
+	}
+	return err
 }
 
 // Invalidate drops tok if it is still the cached one: the upstream refused
@@ -248,7 +329,7 @@ func (c *Cache) Invalidate(tok *oauth2.Token) {
 // Renew drops the cached token and wakes Run, after a person signed in again.
 func (c *Cache) Renew() {
 	c.mu.Lock()
-	c.tok, c.held = nil, nil
+	c.tok, c.failure = nil, nil
 	c.mu.Unlock()
 	select {
 	case c.kick <- struct{}{}:
@@ -260,53 +341,58 @@ func (c *Cache) Renew() {
 func (c *Cache) State() State {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.state
+	c.lookAtStore()
+	st := c.state
+	st.Usable = c.usable(c.tok, c.opts.Now())
+	return st
 }
 
 // Run fetches a token at once and then keeps it fresh: it refreshes when a
 // quarter of the lifetime (at most 5 minutes) is left, and after a failure
-// retries with exponential backoff and jitter. It returns when ctx ends.
+// when the failure's hold ends (with backoff). It returns when ctx ends.
 func (c *Cache) Run(ctx context.Context) {
-	backoff := time.Second
 	for {
-		wait := c.untilRefresh()
-		if wait <= 0 {
-			_, err, _ := c.group.Do("token", func() (any, error) { return c.refresh(ctx) })
-			switch {
-			case ctx.Err() != nil:
+		if wait := c.untilRefresh(); wait <= 0 {
+			c.group.Do("token", func() (any, error) { return c.refresh() })
+			if ctx.Err() != nil {
 				return
-			case err != nil:
-				wait = backoff/2 + rand.N(backoff/2+1)
-				backoff = min(backoff*2, c.opts.MaxBackoff)
-			default:
-				backoff = time.Second
-				wait = max(c.untilRefresh(), time.Second)
 			}
-		}
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-c.kick:
-			t.Stop()
-		case <-t.C:
+			continue
+		} else {
+			t := time.NewTimer(wait)
+			select {
+			case <-ctx.Done():
+				t.Stop()
+				return
+			case <-c.kick:
+				t.Stop()
+			case <-t.C:
+			}
 		}
 	}
 }
 
 // untilRefresh is how long the current token may be kept before it is
-// refreshed; zero or less means now.
+// refreshed; zero or less means now. After a failure it is the hold's end
+// (for a failure that needs a person, 5 minutes or a sign-in: logins ask
+// again after HoldSignIn meanwhile).
 func (c *Cache) untilRefresh() time.Duration {
 	c.mu.Lock()
-	tok, last := c.tok, c.state.LastRefresh
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	now := c.opts.Now()
 	switch {
-	case tok == nil:
+	case c.failure != nil && c.failure.NeedsSignIn:
+		if c.opts.Generation != nil && c.opts.Generation() != c.failGen {
+			return 0
+		}
+		return c.retryAt.Add(5 * time.Minute).Sub(now)
+	case c.failure != nil:
+		return c.retryAt.Sub(now)
+	case c.tok == nil:
 		return 0
-	case tok.Expiry.IsZero():
+	case c.tok.Expiry.IsZero():
 		return time.Hour
 	}
-	ahead := min(tok.Expiry.Sub(last)/4, 5*time.Minute)
-	return tok.Expiry.Add(-ahead).Sub(c.opts.Now())
+	ahead := min(c.tok.Expiry.Sub(c.state.LastRefresh)/4, 5*time.Minute)
+	return c.tok.Expiry.Add(-ahead).Sub(now)
 }

@@ -5,7 +5,6 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"net/http"
 	"net/url"
 	"strings"
@@ -64,7 +63,7 @@ type OAuth2Delegated struct {
 	// Account is the profile's account; Initial seeds its refresh token.
 	Account    string
 	Initial    string
-	Store      *Store
+	Store      *Vault
 	HTTPClient *http.Client
 }
 
@@ -94,46 +93,66 @@ func (o *OAuth2Delegated) config(redirectURI string) *oauth2.Config {
 func (o *OAuth2Delegated) Key(account string) string { return o.ClientID + "/" + account }
 
 // Fetch redeems the newest refresh token and saves a rotated one before the
-// access token is handed out, so a restart never reuses a spent one.
+// access token is handed out, so a restart never reuses a spent one. It
+// holds the store's lock throughout, so no other process (check, token add,
+// another profile) redeems the same refresh token meanwhile.
 func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	key := o.Key(o.Account)
-	// One redemption at a time per account, across every profile that uses
-	// it: a rotated refresh token is single use.
-	defer o.Store.lockAccount(key)()
-	rt := o.Initial
-	if e, ok := o.Store.Get(key); ok && e.RefreshToken != "" {
-		rt = e.RefreshToken
-	}
-	if rt == "" {
-		return nil, &OAuthError{Code: "invalid_grant", Description: "no refresh token stored for " + o.Account}
-	}
-	tok, err := o.config("").TokenSource(withClient(ctx, o.HTTPClient), &oauth2.Token{RefreshToken: rt}).Token()
+	var tok *oauth2.Token
+	err := o.Store.Redeem(ctx, func(ctx context.Context) error {
+		rt := o.Initial
+		if e, ok := o.Store.Get(ctx, key); ok && e.RefreshToken != "" {
+			rt = e.RefreshToken
+		}
+		if rt == "" {
+			return &NotSignedInError{Account: o.Account}
+		}
+		var err error
+		tok, err = o.config("").TokenSource(withClient(ctx, o.HTTPClient), &oauth2.Token{RefreshToken: rt}).Token()
+		if err != nil {
+			err = cleanRetrieveError(err)
+			o.noteError(ctx, key, err)
+			return err
+		}
+		// Kept even if the store cannot be written now (see Vault): a
+		// rotated refresh token is never dropped.
+		o.Store.Update(ctx, key, func(e *Entry) {
+			if e.RefreshToken == "" || tok.RefreshToken != "" {
+				e.RefreshToken = tok.RefreshToken
+			}
+			if e.RefreshToken == "" {
+				e.RefreshToken = rt
+			}
+			e.Provider, e.Scopes = o.TokenURL, o.Scopes
+			e.Updated, e.Expiry, e.LastError = time.Now(), tok.Expiry, ""
+		})
+		return nil
+	})
 	if err != nil {
-		err = cleanRetrieveError(err)
-		o.noteError(key, err)
 		return nil, err
-	}
-	if err := o.Store.Update(key, func(e *Entry) {
-		if e.RefreshToken == "" || tok.RefreshToken != "" {
-			e.RefreshToken = tok.RefreshToken
-		}
-		if e.RefreshToken == "" {
-			e.RefreshToken = rt
-		}
-		e.Provider, e.Scopes = o.TokenURL, o.Scopes
-		e.Updated, e.Expiry, e.LastError = time.Now(), tok.Expiry, ""
-	}); err != nil {
-		return nil, fmt.Errorf("saving the refresh token: %w", err)
 	}
 	return tok, nil
 }
 
+// SignedIn reports whether the profile's account has a grant in the store
+// (from memory: no I/O).
+func (o *OAuth2Delegated) SignedIn() bool {
+	e, ok := o.Store.Peek(o.Key(o.Account))
+	return ok && e.RefreshToken != ""
+}
+
 // noteError records a failed refresh for token list, once per new error.
-func (o *OAuth2Delegated) noteError(key string, err error) {
-	if e, ok := o.Store.Get(key); ok && e.LastError != err.Error() {
-		_ = o.Store.Update(key, func(e *Entry) { e.LastError = err.Error() })
+func (o *OAuth2Delegated) noteError(ctx context.Context, key string, err error) {
+	if e, ok := o.Store.Peek(key); ok && e.LastError != err.Error() {
+		_ = o.Store.Update(ctx, key, func(e *Entry) { e.LastError = err.Error() })
 	}
 }
+
+// NotSignedInError is a delegated credential nobody has signed in to yet
+// (or whose grant was removed).
+type NotSignedInError struct{ Account string }
+
+func (e *NotSignedInError) Error() string { return e.Account + " is not signed in yet" }
 
 // AuthCodeURL implements Delegated.
 func (o *OAuth2Delegated) AuthCodeURL(_ context.Context, account, redirectURI, state, verifier string) (string, error) {
@@ -163,7 +182,7 @@ func (o *OAuth2Delegated) Redeem(ctx context.Context, account, code, redirectURI
 	if err != nil {
 		return "", cleanRetrieveError(err)
 	}
-	return o.save(account, tok)
+	return o.save(ctx, account, tok)
 }
 
 // DeviceCode implements Delegated.
@@ -187,14 +206,14 @@ func (o *OAuth2Delegated) DeviceCode(ctx context.Context, account string) (*Devi
 			if err != nil {
 				return "", cleanRetrieveError(err)
 			}
-			return o.save(account, tok)
+			return o.save(ctx, account, tok)
 		},
 	}, nil
 }
 
 // save keeps a new grant. The account is the one the ID token names when
 // the provider sends one (scope openid), else the one asked for.
-func (o *OAuth2Delegated) save(account string, tok *oauth2.Token) (string, error) {
+func (o *OAuth2Delegated) save(ctx context.Context, account string, tok *oauth2.Token) (string, error) {
 	if tok.RefreshToken == "" {
 		return "", errors.New("the provider returned no refresh token: ask for offline access (scope offline_access, or the parameter access_type=offline)")
 	}
@@ -205,14 +224,14 @@ func (o *OAuth2Delegated) save(account string, tok *oauth2.Token) (string, error
 		return "", errors.New("cannot tell which account signed in: name it (mailproxy token add -account)")
 	}
 	now := time.Now()
-	err := o.Store.Put(o.Key(account), Entry{RefreshToken: tok.RefreshToken, Provider: o.TokenURL, Scopes: o.Scopes,
+	err := o.Store.Put(ctx, o.Key(account), Entry{RefreshToken: tok.RefreshToken, Provider: o.TokenURL, Scopes: o.Scopes,
 		Added: now, Updated: now, Expiry: tok.Expiry})
 	return account, err
 }
 
 // Remove implements Delegated.
-func (o *OAuth2Delegated) Remove(_ context.Context, account string) (bool, error) {
-	return o.Store.Remove(o.Key(account))
+func (o *OAuth2Delegated) Remove(ctx context.Context, account string) (bool, error) {
+	return o.Store.Remove(ctx, o.Key(account))
 }
 
 // idTokenUser reads who signed in from an ID token that came straight from

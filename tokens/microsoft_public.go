@@ -26,12 +26,12 @@ type MicrosoftApp struct {
 	ClientID string
 	client   public.Client
 	name     string // of the MSAL cache in the store
-	store    *Store
+	store    *Vault
 }
 
 // NewMicrosoftApp builds the MSAL public client for clientID at
 // authority/tenantID.
-func NewMicrosoftApp(authority, tenantID, clientID string, store *Store, hc *http.Client) (*MicrosoftApp, error) {
+func NewMicrosoftApp(authority, tenantID, clientID string, store *Vault, hc *http.Client) (*MicrosoftApp, error) {
 	if store == nil {
 		return nil, errors.New("a token_store is needed to keep the signed-in accounts")
 	}
@@ -71,28 +71,44 @@ func (m *MicrosoftPublic) Key(account string) string {
 }
 
 // Fetch gets a token for the profile's account from MSAL's cache, which
-// redeems (and rotates) the refresh token when the access token is old.
+// redeems (and rotates) the refresh token when the access token is old. It
+// holds the store's lock throughout, so no other process redeems the same
+// refresh token meanwhile, and reads the cache another process may have
+// refreshed first.
 func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	key := m.Key(m.Account)
-	acc, err := m.account(ctx, m.Account)
-	if err != nil {
-		return nil, err
-	}
-	res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
-	if err != nil {
-		err = fromMSAL(err)
-		if e, ok := m.store.Get(key); ok && e.LastError != err.Error() {
-			_ = m.store.Update(key, func(e *Entry) { e.LastError = err.Error() })
+	var tok *oauth2.Token
+	err := m.store.Redeem(ctx, func(ctx context.Context) error {
+		acc, err := m.account(ctx, m.Account)
+		if err != nil {
+			return err
 		}
+		res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
+		if err != nil {
+			err = fromMSAL(err)
+			if e, ok := m.store.Peek(key); ok && e.LastError != err.Error() {
+				_ = m.store.Update(ctx, key, func(e *Entry) { e.LastError = err.Error() })
+			}
+			return err
+		}
+		m.store.Update(ctx, key, func(e *Entry) {
+			e.Provider, e.Scopes = m.name, m.Scopes
+			e.Updated, e.Expiry, e.LastError = time.Now(), res.ExpiresOn, ""
+		})
+		tok = &oauth2.Token{AccessToken: res.AccessToken, TokenType: "Bearer", Expiry: res.ExpiresOn}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
-	if err := m.store.Update(key, func(e *Entry) {
-		e.Provider, e.Scopes = m.name, m.Scopes
-		e.Updated, e.Expiry, e.LastError = time.Now(), res.ExpiresOn, ""
-	}); err != nil {
-		return nil, fmt.Errorf("saving the token state: %w", err)
-	}
-	return &oauth2.Token{AccessToken: res.AccessToken, TokenType: "Bearer", Expiry: res.ExpiresOn}, nil
+	return tok, nil
+}
+
+// SignedIn reports whether the profile's account has signed in (from
+// memory: no I/O).
+func (m *MicrosoftPublic) SignedIn() bool {
+	_, ok := m.store.Peek(m.Key(m.Account))
+	return ok
 }
 
 func (m *MicrosoftPublic) account(ctx context.Context, name string) (public.Account, error) {
@@ -105,7 +121,7 @@ func (m *MicrosoftPublic) account(ctx context.Context, name string) (public.Acco
 			return a, nil
 		}
 	}
-	return public.Account{}, &OAuthError{Code: "interaction_required", Description: name + " has not signed in to this app yet"}
+	return public.Account{}, &NotSignedInError{Account: name}
 }
 
 // AuthCodeURL implements Delegated. MSAL builds the URL; state and the PKCE
@@ -133,7 +149,7 @@ func (m *MicrosoftPublic) Redeem(ctx context.Context, _, code, redirectURI, veri
 	if err != nil {
 		return "", fromMSAL(err)
 	}
-	return m.signedIn(res)
+	return m.signedIn(ctx, res)
 }
 
 // DeviceCode implements Delegated.
@@ -149,17 +165,18 @@ func (m *MicrosoftPublic) DeviceCode(ctx context.Context, _ string) (*DeviceAuth
 			if err != nil {
 				return "", fromMSAL(err)
 			}
-			return m.signedIn(res)
+			return m.signedIn(ctx, res)
 		}}, nil
 }
 
-func (m *MicrosoftPublic) signedIn(res public.AuthResult) (string, error) {
+func (m *MicrosoftPublic) signedIn(ctx context.Context, res public.AuthResult) (string, error) {
 	who := res.Account.PreferredUsername
 	if who == "" {
 		return "", errors.New("the sign-in returned no account name (preferred_username)")
 	}
 	now := time.Now()
-	err := m.store.Put(m.Key(who), Entry{Provider: m.name, Scopes: m.Scopes, Added: now, Updated: now, Expiry: res.ExpiresOn})
+	// This also saves what MSAL staged (the new account's refresh token).
+	err := m.store.Put(ctx, m.Key(who), Entry{Provider: m.name, Scopes: m.Scopes, Added: now, Updated: now, Expiry: res.ExpiresOn})
 	return who, err
 }
 
@@ -172,26 +189,28 @@ func (m *MicrosoftPublic) Remove(ctx context.Context, account string) (bool, err
 			return false, err
 		}
 	}
-	gone, err := m.store.Remove(m.Key(account))
+	gone, err := m.store.Remove(ctx, m.Key(account))
 	return had || gone, err
 }
 
-// msalCache keeps one MSAL cache in the Store. Replace reads the copy in
-// memory (the file is decrypted again only when another process changed
-// it); Export writes at once, so a rotated refresh token is never lost, and
-// if another process wrote the cache since Replace, merges the two
-// (mergeMSAL) instead of overwriting theirs. MSAL calls them under its
-// client's lock, Replace right before it writes and Export right after.
+// msalCache keeps one MSAL cache in the Vault. Replace reads the copy in
+// memory (the store is read again only when another process changed it);
+// Export stages MSAL's cache at once, so a rotated refresh token is never
+// lost, merged (mergeMSAL) with what the store holds when it is written,
+// so another process's changes since Replace are kept too. MSAL calls them
+// under its client's lock, Replace right before it writes and Export right
+// after; Export never waits for the store's lock, which the caller (Fetch,
+// through Redeem; signedIn; Remove) takes to save it.
 type msalCache struct {
-	store *Store
+	store *Vault
 	name  string
 
 	mu   sync.Mutex
 	base []byte // what the last Replace gave MSAL
 }
 
-func (c *msalCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
-	data := c.store.Cache(c.name)
+func (c *msalCache) Replace(ctx context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+	data := c.store.Cache(ctx, c.name)
 	c.mu.Lock()
 	c.base = data
 	c.mu.Unlock()
@@ -208,11 +227,12 @@ func (c *msalCache) Export(_ context.Context, m cache.Marshaler, _ cache.ExportH
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	written, err := c.store.UpdateCache(c.name, func(theirs []byte) ([]byte, error) {
-		if bytes.Equal(theirs, c.base) {
+	base := c.base
+	written, err := c.store.StageCache(c.name, func(theirs []byte) ([]byte, error) {
+		if bytes.Equal(theirs, base) {
 			return ours, nil
 		}
-		return mergeMSAL(c.base, ours, theirs)
+		return mergeMSAL(base, ours, theirs)
 	})
 	if err == nil {
 		c.base = written

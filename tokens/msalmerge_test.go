@@ -41,7 +41,7 @@ func TestMSALCacheWritesOfTwoProcessesMerge(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tokens.enc")
 	key, _ := ParseKey(NewKey())
 	serveStore, addStore := newStore(t, path, key), newStore(t, path, key)
-	serveStore.PutCache("app", []byte(`{"RefreshToken":{"alice":{"secret":"rt-alice-1"}}}`))
+	putCache(t, serveStore, "app", []byte(`{"RefreshToken":{"alice":{"secret":"rt-alice-1"}}}`))
 	serve, add := &msalCache{store: serveStore, name: "app"}, &msalCache{store: addStore, name: "app"}
 	ctx := context.Background()
 	sm, am := &fakeMSAL{}, &fakeMSAL{}
@@ -52,15 +52,21 @@ func TestMSALCacheWritesOfTwoProcessesMerge(t *testing.T) {
 	if err := add.Export(ctx, am, cache.ExportHints{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := addStore.Flush(ctx); err != nil { // as signedIn's Put does
+		t.Fatal(err)
+	}
 	// ... while serve had read the cache before that and rotated alice's token.
 	sm.data = []byte(`{"RefreshToken":{"alice":{"secret":"rt-alice-2"}}}`)
 	if err := serve.Export(ctx, sm, cache.ExportHints{}); err != nil {
 		t.Fatal(err)
 	}
+	if err := serveStore.Flush(ctx); err != nil { // as the end of Redeem does
+		t.Fatal(err)
+	}
 	var got struct {
 		RefreshToken map[string]struct{ Secret string }
 	}
-	json.Unmarshal(newStore(t, path, key).Cache("app"), &got)
+	json.Unmarshal(newStore(t, path, key).Cache(bg, "app"), &got)
 	if got.RefreshToken["alice"].Secret != "rt-alice-2" || got.RefreshToken["bob"].Secret != "rt-bob-1" {
 		t.Fatalf("after both writes: %+v", got.RefreshToken)
 	}

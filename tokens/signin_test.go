@@ -46,7 +46,7 @@ func browser(t *testing.T, hc *http.Client, user, password string) func(string) 
 	}
 }
 
-func delegatedSetup(t *testing.T) (*idp.Server, string, *http.Client, *Store, []byte) {
+func delegatedSetup(t *testing.T) (*idp.Server, string, *http.Client, *Vault, []byte) {
 	s, base, hc := fakeIdP(t)
 	s.AddUser("alice@example.test", "alice-pw")
 	s.AddUser("bob@example.test", "bob-pw")
@@ -60,7 +60,7 @@ func delegatedSetup(t *testing.T) (*idp.Server, string, *http.Client, *Store, []
 	return s, base, hc, st, key
 }
 
-func generic(base string, hc *http.Client, st *Store, account string) *OAuth2Delegated {
+func generic(base string, hc *http.Client, st *Vault, account string) *OAuth2Delegated {
 	d, _ := NewOAuth2Delegated(&OAuth2Delegated{AuthorizeURL: base + "/authorize", TokenURL: base + "/token", DeviceURL: base + "/device",
 		ClientID: "app-1", Scopes: []string{"mail", "offline_access"}, PKCE: true, Account: account, Store: st, HTTPClient: hc})
 	return d
@@ -153,7 +153,7 @@ func TestGenericDeviceCodePendingThenExpired(t *testing.T) {
 	if err != nil || who != "alice@example.test" {
 		t.Fatalf("device sign-in: %q %v", who, err)
 	}
-	if e, ok := st.Get(d.Key("alice@example.test")); !ok || e.RefreshToken == "" {
+	if e, ok := st.Get(bg, d.Key("alice@example.test")); !ok || e.RefreshToken == "" {
 		t.Fatal("no refresh token stored")
 	}
 	// Nobody signs in: expired_token ends the wait.
@@ -173,7 +173,7 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 	s, base, hc, st, key := delegatedSetup(t)
 	s.RotateRefresh = true
 	s.TTL = 2 * time.Minute // under MSAL's 5-minute margin: every Fetch redeems the refresh token
-	newApp := func(st *Store, account string) *MicrosoftPublic {
+	newApp := func(st *Vault, account string) *MicrosoftPublic {
 		app, err := NewMicrosoftApp(base, "contoso", "app-1", st, hc)
 		if err != nil {
 			t.Fatal(err)
@@ -208,7 +208,7 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 	}
 	// "Restart": a new store and a new MSAL client read the file.
 	for _, acct := range []string{"alice@example.test", "bob@example.test"} {
-		st2, err := OpenStore(st.path, key)
+		st2, err := OpenStore(st.String(), key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -239,7 +239,7 @@ func TestMicrosoftPublicDeviceCodeAndBrowserAccountsSurviveRestart(t *testing.T)
 	}
 	wg.Wait()
 	for _, acct := range []string{"alice@example.test", "bob@example.test"} {
-		st2, _ := OpenStore(st.path, key)
+		st2, _ := OpenStore(st.String(), key)
 		if _, err := newApp(st2, acct).Fetch(ctx); err != nil {
 			t.Fatalf("%s after concurrent refreshes and a restart: %v", acct, err)
 		}

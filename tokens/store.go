@@ -2,19 +2,14 @@ package tokens
 
 import (
 	"bytes"
-	"crypto/aes"
-	"crypto/cipher"
-	"crypto/rand"
-	"encoding/base64"
-	"encoding/json"
+	"context"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
-	"path/filepath"
+	"log/slog"
+	"math/rand/v2"
 	"sort"
-	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,147 +29,158 @@ type Entry struct {
 	LastError string    `json:"last_error,omitempty"`
 }
 
-// storeFile is the decrypted content of the file.
-type storeFile struct {
+// Data is everything a Store keeps.
+type Data struct {
 	Accounts map[string]Entry `json:"accounts"`
 	// Caches are MSAL token caches (their own JSON), by client.
 	Caches map[string][]byte `json:"caches,omitempty"`
 }
 
-// Store keeps refresh tokens in one file sealed with AES-256-GCM under a key
-// the operator supplies. The file is decrypted when opened and again only
-// when another process (mailproxy token add) has changed it. Every change
-// is a read-modify-write under a lock file, written atomically with mode 0600.
-type Store struct {
-	path string
-	aead cipher.AEAD
-
-	mu   sync.Mutex
-	data storeFile
-	seen fileStamp // of the file as last read or written
-	gen  uint64    // counts changes of data
-
-	accounts sync.Map // account key -> *sync.Mutex, see lockAccount
-}
-
-// lockAccount serialises the redemptions of one account's refresh token
-// in this process, and returns the unlock.
-func (s *Store) lockAccount(key string) func() {
-	m, _ := s.accounts.LoadOrStore(key, &sync.Mutex{})
-	mu := m.(*sync.Mutex)
-	mu.Lock()
-	return mu.Unlock
-}
-
-type fileStamp struct {
-	mod  time.Time
-	size int64
-}
-
-// storeMagic starts every store file; it is also the GCM additional data.
-var storeMagic = []byte("mailproxy-tokens-v1\n")
-
-// KeySize is the store key's length in bytes (AES-256).
-const KeySize = 32
-
-// NewKey returns a random store key, base64 encoded.
-func NewKey() string {
-	k := make([]byte, KeySize)
-	rand.Read(k)
-	return base64.StdEncoding.EncodeToString(k)
-}
-
-// ParseKey decodes a base64 store key.
-func ParseKey(s string) ([]byte, error) {
-	k, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
-	if err != nil || len(k) != KeySize {
-		return nil, errors.New("token store key must be 32 bytes, base64 encoded (mailproxy key generate)")
+func (d *Data) clone() *Data {
+	out := &Data{Accounts: make(map[string]Entry, len(d.Accounts))}
+	for k, e := range d.Accounts {
+		out.Accounts[k] = e
 	}
-	return k, nil
+	if d.Caches != nil {
+		out.Caches = make(map[string][]byte, len(d.Caches))
+		for k, v := range d.Caches {
+			out.Caches[k] = v
+		}
+	}
+	return out
 }
 
-// OpenStore opens (or, if the file does not exist, starts) the store at path.
-// A wrong key or a damaged file is an error; the file is never overwritten then.
-func OpenStore(path string, key []byte) (*Store, error) {
-	block, err := aes.NewCipher(key)
+// Store keeps the token state durably and sealed: today one encrypted file
+// (FileStore); a database that replicas share plugs in here too. The rest
+// of mailproxy uses it through a Vault.
+type Store interface {
+	// Lock takes the store's lock, which excludes every other process
+	// using the store; it is held while a refresh token is redeemed and
+	// around every write.
+	Lock(ctx context.Context) (unlock func(), err error)
+	// Load returns the stored data, or nil when it has not changed since
+	// the last Load or Save (a cheap check).
+	Load(ctx context.Context) (*Data, error)
+	// Save writes d durably. The caller holds the lock.
+	Save(ctx context.Context, d *Data) error
+	// String names the store for people (a path).
+	String() string
+}
+
+// VaultOptions tune a Vault.
+type VaultOptions struct {
+	Logger *slog.Logger
+	// KeepInMemory is for a long-running process (serve): a change the
+	// store cannot take (a full disk) is kept in memory, used, and saved
+	// as soon as the store can be written (Run retries). Without it (a
+	// one-off command), a refresh token is not redeemed while the store
+	// cannot be written, since the rotated one would be lost at exit.
+	KeepInMemory bool
+}
+
+// Vault is the token state as mailproxy uses it: a copy of a Store in
+// memory, read again only when the store changed, with every change
+// written through under the store's lock. A change the store cannot take
+// is never dropped: it stays in memory, is replayed onto what the store
+// holds when it is written next, and Durable says so meanwhile.
+type Vault struct {
+	store Store
+	o     VaultOptions
+
+	// lockMu is the store's lock within this process.
+	lockMu sync.Mutex
+
+	mu      sync.Mutex
+	saved   *Data              // as last loaded or saved
+	data    *Data              // saved with pending applied: what readers see
+	pending []func(*Data) bool // changes not yet saved, in order
+	unsaved error              // why pending are not saved
+	gen     atomic.Uint64      // counts changes of data
+
+	wake chan struct{}
+}
+
+// NewVault reads s and returns its Vault.
+func NewVault(ctx context.Context, s Store, o VaultOptions) (*Vault, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	d, err := s.Load(ctx)
 	if err != nil {
-		return nil, fmt.Errorf("token store: %w", err)
-	}
-	aead, _ := cipher.NewGCM(block)
-	s := &Store{path: path, aead: aead, data: storeFile{Accounts: map[string]Entry{}}}
-	if err := s.reload(); err != nil {
 		return nil, err
 	}
-	return s, nil
+	if d == nil {
+		d = &Data{}
+	}
+	if d.Accounts == nil {
+		d.Accounts = map[string]Entry{}
+	}
+	return &Vault{store: s, o: o, saved: d, data: d.clone(), wake: make(chan struct{}, 1)}, nil
 }
 
-// reload reads the file again if it changed since it was last read or
-// written. The caller holds s.mu (or owns s).
-func (s *Store) reload() error {
-	fi, err := os.Stat(s.path)
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil
+// String names the store.
+func (v *Vault) String() string { return v.store.String() }
+
+// Generation changes whenever the data does, as seen by this process: its
+// own changes, and other processes' once read (Run looks every second;
+// Get looks each time). It does no I/O.
+func (v *Vault) Generation() uint64 { return v.gen.Load() }
+
+// reload reads the store again if it changed. The caller holds v.mu.
+func (v *Vault) reload(ctx context.Context) error {
+	d, err := v.store.Load(ctx)
+	if err != nil || d == nil {
+		return err
 	}
-	if err != nil {
-		return fmt.Errorf("token store: %w", err)
+	if d.Accounts == nil {
+		d.Accounts = map[string]Entry{}
 	}
-	stamp := fileStamp{fi.ModTime(), fi.Size()}
-	if stamp == s.seen {
-		return nil
+	v.saved = d
+	v.data = d.clone()
+	for _, change := range v.pending {
+		change(v.data)
 	}
-	data, err := os.ReadFile(s.path)
-	if err != nil {
-		return fmt.Errorf("token store: %w", err)
-	}
-	ns := s.aead.NonceSize()
-	if !bytes.HasPrefix(data, storeMagic) || len(data) < len(storeMagic)+ns+s.aead.Overhead() {
-		return fmt.Errorf("token store %s: not a mailproxy token store, or truncated; move it away and sign in again (mailproxy token add)", s.path)
-	}
-	body := data[len(storeMagic):]
-	plain, err := s.aead.Open(nil, body[:ns], body[ns:], storeMagic)
-	if err != nil {
-		return fmt.Errorf("token store %s: cannot decrypt: wrong key or damaged file (the file was left as it is; check token_store.key)", s.path)
-	}
-	var f storeFile
-	if err := json.Unmarshal(plain, &f); err != nil {
-		return fmt.Errorf("token store %s: %w", s.path, err)
-	}
-	if f.Accounts == nil {
-		f.Accounts = map[string]Entry{}
-	}
-	s.data, s.seen = f, stamp
-	s.gen++
+	v.gen.Add(1)
 	return nil
 }
 
-// Generation changes whenever the store's content does, in this process
-// or, as seen on disk, another (a stat, no decryption unless changed).
-func (s *Store) Generation() uint64 {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.reload()
-	return s.gen
+// Sync reads the store again if another process changed it.
+func (v *Vault) Sync(ctx context.Context) error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return v.reload(ctx)
 }
 
-// Get returns the entry for account, as on disk now.
-func (s *Store) Get(account string) (Entry, bool) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.reload() // keep the copy in memory if the file became unreadable
-	e, ok := s.data.Accounts[account]
+// Get returns the entry for account as stored now (the store is checked
+// for changes first; if it cannot be read, the copy in memory answers).
+func (v *Vault) Get(ctx context.Context, account string) (Entry, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.reload(ctx); err != nil {
+		v.o.Logger.Debug("token store unreadable: using the copy in memory", "store", v.store.String(), "err", err)
+	}
+	e, ok := v.data.Accounts[account]
+	return e, ok
+}
+
+// Peek returns the entry for account from memory, with no I/O.
+func (v *Vault) Peek(account string) (Entry, bool) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	e, ok := v.data.Accounts[account]
 	return e, ok
 }
 
 // Accounts lists the account keys with their entries, sorted.
-func (s *Store) Accounts() ([]string, map[string]Entry, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if err := s.reload(); err != nil {
+func (v *Vault) Accounts(ctx context.Context) ([]string, map[string]Entry, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.reload(ctx); err != nil {
 		return nil, nil, err
 	}
-	out := make(map[string]Entry, len(s.data.Accounts))
-	keys := make([]string, 0, len(s.data.Accounts))
-	for k, e := range s.data.Accounts {
+	out := make(map[string]Entry, len(v.data.Accounts))
+	keys := make([]string, 0, len(v.data.Accounts))
+	for k, e := range v.data.Accounts {
 		out[k] = e
 		keys = append(keys, k)
 	}
@@ -182,134 +188,271 @@ func (s *Store) Accounts() ([]string, map[string]Entry, error) {
 	return keys, out, nil
 }
 
-// Put saves e for account and writes the file before returning.
-func (s *Store) Put(account string, e Entry) error {
-	return s.Update(account, func(old *Entry) { *old = e })
+// Cache returns the MSAL cache saved under name.
+func (v *Vault) Cache(ctx context.Context, name string) []byte {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	_ = v.reload(ctx)
+	return v.data.Caches[name]
+}
+
+// Put saves e for account.
+func (v *Vault) Put(ctx context.Context, account string, e Entry) error {
+	return v.Update(ctx, account, func(old *Entry) { *old = e })
 }
 
 // Update changes the entry for account (a zero Entry if there is none) and
-// writes the file before returning. Changes made meanwhile by another
-// process to other entries are kept.
-func (s *Store) Update(account string, change func(*Entry)) error {
-	return s.modify(func(f *storeFile) {
-		e := f.Accounts[account]
+// saves it before returning, keeping what other processes changed
+// meanwhile. Inside Redeem it is saved when Redeem ends. If the store
+// cannot be written, the change is kept (see Vault) and the error says so.
+func (v *Vault) Update(ctx context.Context, account string, change func(*Entry)) error {
+	v.stage(func(d *Data) bool {
+		e := d.Accounts[account]
 		change(&e)
-		f.Accounts[account] = e
+		d.Accounts[account] = e
+		return true
 	})
+	return v.flushUnlessHeld(ctx)
 }
 
 // Remove deletes account; it reports whether it was there.
-func (s *Store) Remove(account string) (bool, error) {
-	had := false
-	err := s.modify(func(f *storeFile) {
-		_, had = f.Accounts[account]
-		delete(f.Accounts, account)
+func (v *Vault) Remove(ctx context.Context, account string) (bool, error) {
+	v.mu.Lock()
+	_ = v.reload(ctx)
+	_, had := v.data.Accounts[account]
+	v.mu.Unlock()
+	v.stage(func(d *Data) bool {
+		delete(d.Accounts, account)
+		return true
 	})
-	return had && err == nil, err
+	return had, v.flushUnlessHeld(ctx)
 }
 
-// Cache returns the MSAL cache saved under name.
-func (s *Store) Cache(name string) []byte {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_ = s.reload()
-	return s.data.Caches[name]
-}
-
-// PutCache saves an MSAL cache under name.
-func (s *Store) PutCache(name string, data []byte) error {
-	_, err := s.UpdateCache(name, func([]byte) ([]byte, error) { return data, nil })
-	return err
-}
-
-// UpdateCache replaces the MSAL cache under name with what change makes of
-// the one in the file now, under the lock; it returns what was written.
-func (s *Store) UpdateCache(name string, change func(current []byte) ([]byte, error)) ([]byte, error) {
+// StageCache replaces the MSAL cache under name with what change makes of
+// the one the store holds. It is saved by the next write (Update, Remove,
+// Flush, the end of Redeem); it never waits for the store's lock, since
+// MSAL calls it under its own. A change that fails (damaged JSON) is
+// reported and not applied.
+func (v *Vault) StageCache(name string, change func(current []byte) ([]byte, error)) ([]byte, error) {
 	var out []byte
 	var cerr error
-	err := s.modify(func(f *storeFile) {
-		if out, cerr = change(f.Caches[name]); cerr != nil {
-			return
+	ok := v.stage(func(d *Data) bool {
+		next, err := change(d.Caches[name])
+		if err != nil {
+			cerr = err
+			return false
 		}
-		if f.Caches == nil {
-			f.Caches = map[string][]byte{}
+		if d.Caches == nil {
+			d.Caches = map[string][]byte{}
 		}
-		f.Caches[name] = bytes.Clone(out)
+		d.Caches[name] = bytes.Clone(next)
+		out = next
+		return true
 	})
-	if cerr != nil {
+	if !ok {
 		return nil, cerr
 	}
-	return out, err
+	select {
+	case v.wake <- struct{}{}:
+	default:
+	}
+	return out, nil
 }
 
-// modify applies change to the file's current content under the lock file
-// and writes it. On failure the memory copy is left as the file is.
-func (s *Store) modify(change func(*storeFile)) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	unlock, err := lockFile(s.path + ".lock")
+// stage applies change to the copy in memory and queues it for the store.
+// It reports whether change applied.
+func (v *Vault) stage(change func(*Data) bool) bool {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if !change(v.data) {
+		return false
+	}
+	v.pending = append(v.pending, change)
+	v.gen.Add(1)
+	return true
+}
+
+// heldKey marks a context whose holder has the vault's lock.
+type heldKey struct{}
+
+// lock takes the store's lock unless ctx already holds it.
+func (v *Vault) lock(ctx context.Context) (context.Context, func(), error) {
+	if ctx.Value(heldKey{}) == v {
+		return ctx, func() {}, nil
+	}
+	v.lockMu.Lock()
+	unlock, err := v.store.Lock(ctx)
 	if err != nil {
-		return fmt.Errorf("token store: %w", err)
+		v.lockMu.Unlock()
+		return nil, nil, fmt.Errorf("token store %s: cannot take its lock: %w", v.store, err)
+	}
+	return context.WithValue(ctx, heldKey{}, v), func() { unlock(); v.lockMu.Unlock() }, nil
+}
+
+func (v *Vault) flushUnlessHeld(ctx context.Context) error {
+	if ctx.Value(heldKey{}) == v {
+		return nil
+	}
+	return v.Flush(ctx)
+}
+
+// Flush saves the changes not yet saved, replayed onto what the store
+// holds now, under its lock.
+func (v *Vault) Flush(ctx context.Context) error {
+	v.mu.Lock()
+	n := len(v.pending)
+	v.mu.Unlock()
+	if n == 0 {
+		return nil
+	}
+	ctx, unlock, err := v.lock(ctx)
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err != nil {
+		v.noteUnsavedLocked(err)
+		return v.unsavedError(err)
 	}
 	defer unlock()
-	if err := s.reload(); err != nil {
-		return err
+	return v.flushLocked(ctx)
+}
+
+// flushLocked saves pending changes. The caller holds the store's lock and v.mu.
+func (v *Vault) flushLocked(ctx context.Context) error {
+	if len(v.pending) == 0 {
+		return nil
 	}
-	next := clone(s.data)
-	change(&next)
-	if err := s.write(next); err != nil {
-		return err
+	err := v.reload(ctx)
+	if err == nil {
+		err = v.store.Save(ctx, v.data)
 	}
-	s.data = next
-	s.gen++
+	if err != nil {
+		v.noteUnsavedLocked(err)
+		return v.unsavedError(err)
+	}
+	v.saved, v.data, v.pending = v.data, v.data.clone(), nil
+	if v.unsaved != nil {
+		v.o.Logger.Info("token store written: every change is saved again", "event", "store_durable", "store", v.store.String())
+		v.unsaved = nil
+	}
 	return nil
 }
 
-func clone(f storeFile) storeFile {
-	out := storeFile{Accounts: make(map[string]Entry, len(f.Accounts))}
-	for k, e := range f.Accounts {
-		out.Accounts[k] = e
+func (v *Vault) noteUnsavedLocked(err error) {
+	if v.unsaved == nil {
+		v.o.Logger.Error("token store cannot be written: changes are kept in memory until it can be",
+			"event", "store_not_durable", "store", v.store.String(), "changes", len(v.pending), "err", err,
+			"fix", "free space or fix permissions where the store is; a restart before it is written loses a rotated refresh token")
 	}
-	if f.Caches != nil {
-		out.Caches = make(map[string][]byte, len(f.Caches))
-		for k, v := range f.Caches {
-			out.Caches[k] = v
+	v.unsaved = err
+}
+
+// UnsavedError is a change the store could not take: it is in memory,
+// in use, and saved as soon as the store can be written.
+type UnsavedError struct {
+	Store   string
+	Changes int
+	Err     error
+}
+
+func (e *UnsavedError) Error() string {
+	return fmt.Sprintf("token store %s cannot be written (%v): %d change(s) are kept in memory until it can be", e.Store, e.Err, e.Changes)
+}
+
+func (e *UnsavedError) Unwrap() error { return e.Err }
+
+// unsavedError says err kept the pending changes from the store. The
+// caller holds v.mu.
+func (v *Vault) unsavedError(err error) error {
+	return &UnsavedError{Store: v.store.String(), Changes: len(v.pending), Err: err}
+}
+
+// Unsaved is the number of changes not yet saved.
+func (v *Vault) Unsaved() int {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return len(v.pending)
+}
+
+// Durable reports what keeps changes from being saved: nil when every
+// change is in the store.
+func (v *Vault) Durable() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if len(v.pending) == 0 {
+		return nil
+	}
+	err := v.unsaved
+	if err == nil {
+		err = errors.New("not written yet")
+	}
+	return &UnsavedError{Store: v.store.String(), Changes: len(v.pending), Err: err}
+}
+
+// Redeem runs redeem holding the store's lock, after reading what the
+// store holds now, and saves what it changed before releasing the lock:
+// a refresh token is redeemed by one process at a time, always the newest
+// one, and the rotated one is saved before anyone else redeems. If the
+// store cannot be locked or read, redeem is not run (a refresh token spent
+// without being recorded would be lost). Changes the store cannot take are
+// kept (KeepInMemory) and reported by Durable; redeem's own error is
+// returned.
+func (v *Vault) Redeem(ctx context.Context, redeem func(ctx context.Context) error) error {
+	ctx, unlock, err := v.lock(ctx)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	v.mu.Lock()
+	err = v.reload(ctx)
+	if err == nil && !v.o.KeepInMemory {
+		// A one-off command exits soon: if the store cannot be written
+		// now, a rotated refresh token would die with it.
+		if err = v.store.Save(ctx, v.data); err == nil {
+			v.saved, v.data, v.pending = v.data, v.data.clone(), nil
 		}
 	}
-	return out
+	v.mu.Unlock()
+	if err != nil {
+		return fmt.Errorf("token store %s cannot be used (%w): not redeeming the refresh token, since the new one could not be kept", v.store, err)
+	}
+	rerr := redeem(ctx)
+	v.mu.Lock()
+	ferr := v.flushLocked(ctx)
+	v.mu.Unlock()
+	if ferr != nil && !v.o.KeepInMemory && rerr == nil {
+		return ferr
+	}
+	return rerr
 }
 
-func (s *Store) write(data storeFile) error {
-	plain, err := json.Marshal(data)
-	if err != nil {
-		return err
+// Run notices other processes' changes (every second) and saves changes
+// kept in memory, retrying with backoff, until ctx ends.
+func (v *Vault) Run(ctx context.Context) {
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	backoff, next := time.Second, time.Time{}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-v.wake:
+		}
+		_ = v.Sync(ctx)
+		if v.Unsaved() == 0 || time.Now().Before(next) {
+			continue
+		}
+		if err := v.Flush(ctx); err != nil {
+			next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
+			backoff = min(backoff*2, 30*time.Second)
+			continue
+		}
+		backoff, next = time.Second, time.Time{}
 	}
-	nonce := make([]byte, s.aead.NonceSize())
-	rand.Read(nonce)
-	out := append(append(bytes.Clone(storeMagic), nonce...), s.aead.Seal(nil, nonce, plain, storeMagic)...)
-	f, err := os.CreateTemp(filepath.Dir(s.path), ".tokens-*")
-	if err != nil {
-		return fmt.Errorf("token store: %w", err)
-	}
-	defer os.Remove(f.Name())
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.Write(out)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), s.path)
-	}
-	if err != nil {
-		return fmt.Errorf("token store: %w", err)
-	}
-	if fi, err := os.Stat(s.path); err == nil {
-		s.seen = fileStamp{fi.ModTime(), fi.Size()}
-	}
-	return nil
+}
+
+// Close saves what is not saved yet; its error says what is lost if the
+// process ends now.
+func (v *Vault) Close(ctx context.Context) error {
+	return v.Flush(ctx)
 }

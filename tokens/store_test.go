@@ -17,7 +17,7 @@ import (
 	"mailproxy/idp"
 )
 
-func newStore(t *testing.T, path string, key []byte) *Store {
+func newStore(t *testing.T, path string, key []byte) *Vault {
 	t.Helper()
 	st, err := OpenStore(path, key)
 	if err != nil {
@@ -32,18 +32,18 @@ func TestStoreRoundTrip(t *testing.T) {
 	st := newStore(t, path, key)
 	when := time.Date(2026, 11, 23, 10, 0, 0, 0, time.UTC)
 	want := Entry{RefreshToken: "rt-secret-1", Provider: "https://idp/token", Scopes: []string{"a", "b"}, Added: when, Updated: when, Expiry: when.Add(time.Hour), LastError: "x"}
-	if err := st.Put("client/a@x", want); err != nil {
+	if err := st.Put(bg, "client/a@x", want); err != nil {
 		t.Fatal(err)
 	}
-	if err := st.PutCache("msal:app", []byte(`{"RefreshToken":{"k":{"secret":"rt-msal-secret"}}}`)); err != nil {
+	if err := putCache(t, st, "msal:app", []byte(`{"RefreshToken":{"k":{"secret":"rt-msal-secret"}}}`)); err != nil {
 		t.Fatal(err)
 	}
 	again := newStore(t, path, key)
-	got, ok := again.Get("client/a@x")
+	got, ok := again.Get(bg, "client/a@x")
 	if !ok || got.RefreshToken != want.RefreshToken || !got.Expiry.Equal(want.Expiry) || strings.Join(got.Scopes, " ") != "a b" || got.LastError != "x" {
 		t.Fatalf("after reopening: %+v, %v", got, ok)
 	}
-	if !bytes.Contains(again.Cache("msal:app"), []byte("rt-msal-secret")) {
+	if !bytes.Contains(again.Cache(bg, "msal:app"), []byte("rt-msal-secret")) {
 		t.Fatal("MSAL cache lost")
 	}
 	raw, _ := os.ReadFile(path)
@@ -53,10 +53,10 @@ func TestStoreRoundTrip(t *testing.T) {
 	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("mode %v, want 0600", fi.Mode().Perm())
 	}
-	if gone, err := again.Remove("client/a@x"); !gone || err != nil {
+	if gone, err := again.Remove(bg, "client/a@x"); !gone || err != nil {
 		t.Fatalf("remove: %v %v", gone, err)
 	}
-	if _, ok := newStore(t, path, key).Get("client/a@x"); ok {
+	if _, ok := newStore(t, path, key).Get(bg, "client/a@x"); ok {
 		t.Fatal("removed account is back after reopening")
 	}
 }
@@ -64,7 +64,7 @@ func TestStoreRoundTrip(t *testing.T) {
 func TestStoreWrongKeyAndTruncationLeaveTheFileAlone(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "tokens.enc")
 	key, _ := ParseKey(NewKey())
-	if err := newStore(t, path, key).Put("a", Entry{RefreshToken: "secret-rt"}); err != nil {
+	if err := newStore(t, path, key).Put(bg, "a", Entry{RefreshToken: "secret-rt"}); err != nil {
 		t.Fatal(err)
 	}
 	before, _ := os.ReadFile(path)
@@ -101,13 +101,13 @@ func TestStoreConcurrentWritersLoseNothing(t *testing.T) {
 			st = b
 		}
 		wg.Go(func() {
-			if err := st.Put(fmt.Sprintf("acct-%d", i), Entry{RefreshToken: fmt.Sprintf("rt-%d", i)}); err != nil {
+			if err := st.Put(bg, fmt.Sprintf("acct-%d", i), Entry{RefreshToken: fmt.Sprintf("rt-%d", i)}); err != nil {
 				t.Error(err)
 			}
 		})
 	}
 	wg.Wait()
-	keys, entries, err := newStore(t, path, key).Accounts()
+	keys, entries, err := newStore(t, path, key).Accounts(bg)
 	if err != nil || len(keys) != 40 {
 		t.Fatalf("%d accounts after 40 concurrent writes from two stores (%v)", len(keys), err)
 	}
@@ -117,7 +117,7 @@ func TestStoreConcurrentWritersLoseNothing(t *testing.T) {
 		}
 	}
 	// A store sees what the other wrote without being reopened.
-	if e, ok := a.Get("acct-1"); !ok || e.RefreshToken != "rt-1" {
+	if e, ok := a.Get(bg, "acct-1"); !ok || e.RefreshToken != "rt-1" {
 		t.Fatal("a store does not see the other's write")
 	}
 }
@@ -139,7 +139,7 @@ func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
 		if mb, ok := s.Validate(tok.AccessToken); !ok || mb != "a@x" {
 			t.Fatalf("start %d: token not valid for a@x", i)
 		}
-		e, _ := newStore(t, path, key).Get(d.Key("a@x"))
+		e, _ := newStore(t, path, key).Get(bg, d.Key("a@x"))
 		if e.RefreshToken == "" || e.RefreshToken == prev || e.Updated.IsZero() || e.Expiry.IsZero() {
 			t.Fatalf("start %d: rotated refresh token not stored: %+v", i, e.Updated)
 		}
@@ -152,7 +152,7 @@ func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "invalid_grant") || !strings.Contains(err.Error(), "run mailproxy token add p") {
 		t.Fatalf("revoked grant: %v", err)
 	}
-	if e, _ := newStore(t, path, key).Get(d.Key("a@x")); !strings.Contains(e.LastError, "invalid_grant") {
+	if e, _ := newStore(t, path, key).Get(bg, d.Key("a@x")); !strings.Contains(e.LastError, "invalid_grant") {
 		t.Fatalf("last error not recorded for token list: %q", e.LastError)
 	}
 }
@@ -164,12 +164,12 @@ func BenchmarkStore(b *testing.B) {
 	key, _ := ParseKey(NewKey())
 	st, _ := OpenStore(path, key)
 	for i := range 50 {
-		st.Put(fmt.Sprintf("client/user%d@example.com", i), Entry{RefreshToken: strings.Repeat("r", 1500), Scopes: []string{"a", "b"}})
+		st.Put(bg, fmt.Sprintf("client/user%d@example.com", i), Entry{RefreshToken: strings.Repeat("r", 1500), Scopes: []string{"a", "b"}})
 	}
-	st.PutCache("msal", bytes.Repeat([]byte("x"), 20000))
+	putCache(b, st, "msal", bytes.Repeat([]byte("x"), 20000))
 	b.Run("Get", func(b *testing.B) {
 		for b.Loop() {
-			st.Get("client/user7@example.com")
+			st.Get(bg, "client/user7@example.com")
 		}
 	})
 	b.Run("Open", func(b *testing.B) {
@@ -212,7 +212,7 @@ func TestSignInFailureIsHeldUntilTheStoreChanges(t *testing.T) {
 	var fetches atomic.Int64
 	f := FetcherFunc(func(context.Context) (*oauth2.Token, error) {
 		fetches.Add(1)
-		if e, ok := st.Get("a"); ok && e.RefreshToken != "" {
+		if e, ok := st.Get(bg, "a"); ok && e.RefreshToken != "" {
 			return &oauth2.Token{AccessToken: "t", Expiry: time.Now().Add(time.Hour)}, nil
 		}
 		return nil, &OAuthError{Code: "invalid_grant", Description: "revoked"}
@@ -233,12 +233,25 @@ func TestSignInFailureIsHeldUntilTheStoreChanges(t *testing.T) {
 	if n := fetches.Load(); n != 2 {
 		t.Fatalf("%d token requests after the hold, want 2", n)
 	}
-	// Someone signs in (token add, another process or this one): at once.
-	other := newStore(t, st.path, key)
-	if err := other.Put("a", Entry{RefreshToken: "rt-new"}); err != nil {
+	// Someone signs in (token add, another process or this one): at once,
+	// once serve's Vault.Run has looked (every second).
+	other := newStore(t, st.String(), key)
+	if err := other.Put(bg, "a", Entry{RefreshToken: "rt-new"}); err != nil {
 		t.Fatal(err)
 	}
+	st.Sync(bg)
 	if _, err := c.Token(ctx); err != nil {
 		t.Fatalf("after signing in: %v", err)
 	}
+}
+
+var bg = context.Background()
+
+// putCache saves an MSAL cache as MSAL's Export and a write after it do.
+func putCache(t testing.TB, v *Vault, name string, data []byte) error {
+	t.Helper()
+	if _, err := v.StageCache(name, func([]byte) ([]byte, error) { return data, nil }); err != nil {
+		return err
+	}
+	return v.Flush(bg)
 }

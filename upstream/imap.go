@@ -120,7 +120,7 @@ func (c *imapConn) greeting() ([]string, error) {
 	case strings.HasPrefix(line, "* PREAUTH"):
 		return nil, c.fail(errors.New("server greeted with PREAUTH: it must ask for a login"))
 	}
-	return nil, &Error{Profile: c.o.Profile, Stage: "connect", Err: fmt.Errorf("server greeting: %q", line)}
+	return nil, &Error{Profile: c.o.Profile, Stage: StageConnect, Err: fmt.Errorf("server greeting: %q", line)}
 }
 
 // command sends one tagged command and reads up to its completion. Each
@@ -172,7 +172,7 @@ func (c *imapConn) authenticate(tok *oauth2.Token, caps []string) ([]string, err
 	a := c.o.Auth
 	if a.Mechanism == MechLogin {
 		if hasCap(caps, "LOGINDISABLED") {
-			return nil, &Error{Profile: c.o.Profile, Stage: "auth", Err: errors.New("server says LOGINDISABLED: set upstream tls to starttls or implicit")}
+			return nil, &Error{Profile: c.o.Profile, Stage: StageAuth, Kind: Refused, Err: errors.New("server says LOGINDISABLED: set upstream tls to starttls or implicit")}
 		}
 		return c.finishLogin(fmt.Sprintf("a3 LOGIN %s %s", imapQuote(a.User), imapQuote(a.Password)), nil)
 	}
@@ -180,7 +180,7 @@ func (c *imapConn) authenticate(tok *oauth2.Token, caps []string) ([]string, err
 	sc := a.client(tok, host, port, hasCap(caps, "SASL-IR"))
 	mech, ir, err := sc.Start()
 	if err != nil {
-		return nil, &Error{Profile: c.o.Profile, Stage: "auth", Err: err}
+		return nil, &Error{Profile: c.o.Profile, Stage: StageAuth, Err: err}
 	}
 	cmd := "a3 AUTHENTICATE " + mech
 	if ir != nil {
@@ -232,7 +232,7 @@ func (c *imapConn) finishLogin(cmd string, next func([]byte) (string, error)) ([
 			continue
 		}
 		if status != "OK" {
-			return nil, &Error{Profile: c.o.Profile, Stage: "auth", Err: &RefusedError{Reply: strings.TrimPrefix(line, "a3 "), Challenge: challenge}}
+			return nil, refused(c.o.Profile, &RefusedError{Reply: strings.TrimPrefix(line, "a3 "), Challenge: challenge})
 		}
 		if c := capsIn(line); c != nil {
 			caps = c
@@ -248,7 +248,7 @@ func (c *imapConn) finishLogin(cmd string, next func([]byte) (string, error)) ([
 	if err != nil {
 		var ue *Error
 		if errors.As(err, &ue) {
-			err = &Error{Profile: c.o.Profile, Stage: "auth", Err: &RefusedError{Reply: "after login: " + ue.Err.Error()}}
+			err = refused(c.o.Profile, &RefusedError{Reply: "after login: " + ue.Err.Error()})
 		}
 		return nil, err
 	}

@@ -86,7 +86,7 @@ func (u *POP3) open(ctx context.Context) (*pop3Conn, error) {
 	c := &pop3Conn{textConn: tc}
 	line, err := c.readLine()
 	if err == nil && !strings.HasPrefix(line, "+OK") {
-		err = &Error{Profile: u.o.Profile, Stage: "connect", Err: fmt.Errorf("server greeting: %q", line)}
+		err = &Error{Profile: u.o.Profile, Stage: StageConnect, Err: fmt.Errorf("server greeting: %q", line)}
 	}
 	if err == nil && u.o.TLS == "starttls" {
 		if _, err = c.command("STLS"); err == nil {
@@ -140,7 +140,7 @@ func (c *pop3Conn) authenticate(tok *oauth2.Token) error {
 	sc := a.client(tok, host, port, false)
 	mech, ir, err := sc.Start()
 	if err != nil {
-		return &Error{Profile: c.o.Profile, Stage: "auth", Err: err}
+		return &Error{Profile: c.o.Profile, Stage: StageAuth, Err: err}
 	}
 	cmd := "AUTH " + mech
 	if ir != nil && len(cmd)+len(saslInitial(ir)) < 250 {
@@ -196,7 +196,7 @@ func (c *pop3Conn) refused(err error, challenge string) error {
 		return err
 	}
 	if strings.HasPrefix(neg.line, "-ERR [SYS/TEMP]") || strings.HasPrefix(neg.line, "-ERR [IN-USE]") {
-		return &Error{Profile: c.o.Profile, Stage: "auth", Err: errors.New(neg.line)}
+		return &Error{Profile: c.o.Profile, Stage: StageAuth, Err: errors.New(neg.line)}
 	}
-	return &Error{Profile: c.o.Profile, Stage: "auth", Err: &RefusedError{Reply: neg.line, Challenge: challenge}}
+	return refused(c.o.Profile, &RefusedError{Reply: neg.line, Challenge: challenge})
 }

@@ -140,7 +140,7 @@ func (a Auth) token(ctx context.Context, profile string) (*oauth2.Token, error) 
 	}
 	tok, err := a.Tokens.Token(ctx)
 	if err != nil {
-		return nil, &Error{Profile: profile, Stage: "token", Err: err}
+		return nil, tokenError(profile, err)
 	}
 	return tok, nil
 }
@@ -193,23 +193,92 @@ func (e *RefusedError) Error() string {
 }
 
 // IsRefused reports whether err is an upstream refusal of the login.
-func IsRefused(err error) bool {
-	var re *RefusedError
-	return errors.As(err, &re)
+func IsRefused(err error) bool { return KindOf(err) == Refused }
+
+// Kind says what a failure means for the local client, whatever the
+// protocol: the proxy maps it to a reply in one place per protocol.
+type Kind int
+
+const (
+	// Temporary: try again later. The upstream or the token endpoint could
+	// not be reached, timed out, broke, or said so itself.
+	Temporary Kind = iota
+	// Refused: the upstream refused mailproxy's login (its token or
+	// password). Retrying the same credential will not help.
+	Refused
+	// PersonNeeded: a person must act first: sign in again, or fix the
+	// credential. The local client keeps its mail and retries meanwhile.
+	PersonNeeded
+)
+
+func (k Kind) String() string {
+	switch k {
+	case Refused:
+		return "refused"
+	case PersonNeeded:
+		return "person_needed"
+	}
+	return "temporary"
 }
 
-// Error is a failure to reach or log in to the upstream: the local client
-// should be told to try again later. The message names the profile, the
-// stage and the cause, never a credential.
+// Stages of an upstream session, for Error.Stage.
+const (
+	StageToken   = "token"
+	StageConnect = "connect"
+	StageTLS     = "tls"
+	StageAuth    = "auth"
+	StageSession = "session"
+)
+
+// Error is a failure to reach or log in to the upstream, or to get a token
+// for it. The message names the profile, the stage and the cause, never a
+// credential.
 type Error struct {
 	Profile string
-	// Stage is "token", "connect", "tls", "auth" or "session".
+	// Stage is one of the Stage constants.
 	Stage string
+	Kind  Kind
 	Err   error
 }
 
 func (e *Error) Error() string {
+	if e.Stage == StageToken {
+		// The token error names the profile and what to do already.
+		return e.Err.Error()
+	}
 	return fmt.Sprintf("profile %q: upstream %s: %v", e.Profile, e.Stage, e.Err)
 }
 
 func (e *Error) Unwrap() error { return e.Err }
+
+// KindOf is the kind of err: Refused if it holds a *RefusedError, else
+// an *Error's own kind, else Temporary.
+func KindOf(err error) Kind {
+	var re *RefusedError
+	if errors.As(err, &re) {
+		return Refused
+	}
+	var ue *Error
+	if errors.As(err, &ue) {
+		return ue.Kind
+	}
+	return Temporary
+}
+
+// personNeeded is implemented by token errors that retrying cannot fix.
+type personNeeded interface{ PersonNeeded() bool }
+
+// tokenError wraps a token source's failure for profile.
+func tokenError(profile string, err error) *Error {
+	kind := Temporary
+	var pn personNeeded
+	if errors.As(err, &pn) && pn.PersonNeeded() {
+		kind = PersonNeeded
+	}
+	return &Error{Profile: profile, Stage: StageToken, Kind: kind, Err: err}
+}
+
+// refused wraps an upstream's refusal of the login.
+func refused(profile string, re *RefusedError) *Error {
+	return &Error{Profile: profile, Stage: StageAuth, Kind: Refused, Err: re}
+}

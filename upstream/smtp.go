@@ -32,8 +32,14 @@ type SMTPOptions struct {
 	// most IdleTimeout (default 60 s).
 	MaxIdle     int
 	IdleTimeout time.Duration
-	Dialer      *net.Dialer
-	Logger      *slog.Logger
+	// Timeout bounds each command's reply and each write (default 2 min):
+	// a server that stops reading, after 354 say, fails the message in
+	// bounded time. The reply to the message's final dot may take
+	// FinalReplyTimeout (default 10 min, RFC 5321 §4.5.3.2.6).
+	Timeout           time.Duration
+	FinalReplyTimeout time.Duration
+	Dialer            *net.Dialer
+	Logger            *slog.Logger
 }
 
 // SMTP delivers messages to one upstream server, reusing each
@@ -44,10 +50,13 @@ type SMTP struct {
 	idle     []*smtpConn
 	closed   bool
 	sessions atomic.Int64
+	// quits are the QUITs of sessions being closed, waited for by Close.
+	quits sync.WaitGroup
 }
 
 type smtpConn struct {
 	c        *smtp.Client
+	raw      net.Conn // under TLS, for closing from another goroutine
 	sent     int
 	lastUsed time.Time
 }
@@ -62,6 +71,12 @@ func NewSMTP(o SMTPOptions) *SMTP {
 	}
 	if o.IdleTimeout <= 0 {
 		o.IdleTimeout = 60 * time.Second
+	}
+	if o.Timeout <= 0 {
+		o.Timeout = 2 * time.Minute
+	}
+	if o.FinalReplyTimeout <= 0 {
+		o.FinalReplyTimeout = 10 * time.Minute
 	}
 	if o.Dialer == nil {
 		o.Dialer = &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
@@ -91,7 +106,7 @@ func (s *SMTP) Begin(ctx context.Context, from string, opts *smtp.MailOptions) (
 		if err != nil {
 			return nil, err
 		}
-		err = sc.c.Mail(from, opts)
+		err = sc.do(ctx, func() error { return sc.c.Mail(from, opts) })
 		if err == nil {
 			return &SMTPTransaction{up: s, sc: sc}, nil
 		}
@@ -103,30 +118,45 @@ func (s *SMTP) Begin(ctx context.Context, from string, opts *smtp.MailOptions) (
 		sc.c.Close()
 		// A pooled session the server has since closed: one retry on a new one.
 		if !reused || attempt > 0 {
-			return nil, &Error{Profile: s.o.Profile, Stage: "session", Err: err}
+			return nil, &Error{Profile: s.o.Profile, Stage: StageSession, Err: err}
 		}
 	}
 }
 
 // Check opens a session and logs in, then closes it: for mailproxy check.
 func (s *SMTP) Check(ctx context.Context) error {
-	c, err := s.dial(ctx)
+	sc, err := s.dial(ctx)
 	if err != nil {
 		return err
 	}
-	c.Quit()
+	s.quit(sc)
 	return nil
 }
 
-// Close ends idle sessions; sessions in use end when released.
+// Close ends idle sessions and waits for the QUITs under way; sessions in
+// use end when released.
 func (s *SMTP) Close() {
 	s.mu.Lock()
 	idle := s.idle
 	s.idle, s.closed = nil, true
 	s.mu.Unlock()
 	for _, sc := range idle {
-		sc.c.Quit()
+		s.quit(sc)
 	}
+	s.quits.Wait()
+}
+
+// quitTimeout bounds the QUIT of a session being closed.
+const quitTimeout = 10 * time.Second
+
+// quit says QUIT on a session that is done, in the background; Close
+// waits for it.
+func (s *SMTP) quit(sc *smtpConn) {
+	s.quits.Go(func() {
+		sc.c.CommandTimeout = quitTimeout
+		sc.c.Quit()
+		sc.c.Close()
+	})
 }
 
 // get returns an idle session (after RSET) or a new one.
@@ -142,20 +172,20 @@ func (s *SMTP) get(ctx context.Context) (*smtpConn, bool, error) {
 			break
 		}
 		if time.Since(sc.lastUsed) > s.o.IdleTimeout {
-			go sc.c.Quit()
+			s.quit(sc)
 			continue
 		}
-		if err := sc.c.Reset(); err != nil {
+		if err := sc.do(ctx, sc.c.Reset); err != nil {
 			sc.c.Close()
 			continue
 		}
 		return sc, true, nil
 	}
-	c, err := s.dial(ctx)
+	sc, err := s.dial(ctx)
 	if err != nil {
 		return nil, false, err
 	}
-	return &smtpConn{c: c}, false, nil
+	return sc, false, nil
 }
 
 // put returns a session to the pool after a message (sent) or an aborted
@@ -172,24 +202,20 @@ func (s *SMTP) put(sc *smtpConn, sent bool) {
 		return
 	}
 	s.mu.Unlock()
-	go sc.c.Quit()
+	s.quit(sc)
 }
 
 // dial connects, secures and authenticates a new session.
-func (s *SMTP) dial(ctx context.Context) (*smtp.Client, error) {
-	var c *smtp.Client
-	refused := func(err error) bool {
-		var se *smtp.SMTPError
-		return errors.As(err, &se) && se.Code == 535
-	}
-	err := s.o.Auth.login(ctx, s.o.Profile, refused, func(tok *oauth2.Token) error {
+func (s *SMTP) dial(ctx context.Context) (*smtpConn, error) {
+	var sc *smtpConn
+	err := s.o.Auth.login(ctx, s.o.Profile, IsRefused, func(tok *oauth2.Token) error {
 		var err error
-		if c, err = s.connect(ctx); err != nil {
+		if sc, err = s.connect(ctx); err != nil {
 			return err
 		}
-		if err = s.auth(c, tok); err != nil {
-			c.Close()
-			return &Error{Profile: s.o.Profile, Stage: "auth", Err: err}
+		if err = sc.do(ctx, func() error { return s.auth(sc.c, tok) }); err != nil {
+			sc.c.Close()
+			return err
 		}
 		return nil
 	})
@@ -198,52 +224,87 @@ func (s *SMTP) dial(ctx context.Context) (*smtp.Client, error) {
 	}
 	s.sessions.Add(1)
 	s.o.Logger.Debug("upstream session opened", "profile", s.o.Profile, "upstream", s.o.Addr)
-	return c, nil
+	return sc, nil
 }
 
-func (s *SMTP) connect(ctx context.Context) (*smtp.Client, error) {
-	conn, err := s.o.Dialer.DialContext(ctx, "tcp", s.o.Addr)
+func (s *SMTP) connect(ctx context.Context) (*smtpConn, error) {
+	raw, err := s.o.Dialer.DialContext(ctx, "tcp", s.o.Addr)
 	if err != nil {
-		return nil, &Error{Profile: s.o.Profile, Stage: "connect", Err: err}
+		return nil, &Error{Profile: s.o.Profile, Stage: StageConnect, Err: err}
 	}
+	var conn net.Conn = writeTimeoutConn{Conn: raw, d: s.o.Timeout}
 	if s.o.TLS == "implicit" {
 		tc := tls.Client(conn, s.o.TLSConfig)
 		hctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
 		if err := tc.HandshakeContext(hctx); err != nil {
-			conn.Close()
-			return nil, &Error{Profile: s.o.Profile, Stage: "tls", Err: err}
+			raw.Close()
+			return nil, &Error{Profile: s.o.Profile, Stage: StageTLS, Err: err}
 		}
 		conn = tc
 	}
 	// Every step below is bounded: the greeting, EHLO and STARTTLS included.
-	conn.SetDeadline(time.Now().Add(2 * time.Minute))
+	conn.SetDeadline(time.Now().Add(s.o.Timeout))
 	defer conn.SetDeadline(time.Time{})
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	var c *smtp.Client
 	if s.o.TLS == "starttls" {
-		c, err := smtp.NewClientStartTLS(conn, s.o.TLSConfig)
-		if err != nil {
-			return nil, &Error{Profile: s.o.Profile, Stage: "tls", Err: fmt.Errorf("STARTTLS: %w", err)}
+		if c, err = smtp.NewClientStartTLS(conn, s.o.TLSConfig); err != nil {
+			raw.Close()
+			return nil, &Error{Profile: s.o.Profile, Stage: StageTLS, Err: fmt.Errorf("STARTTLS: %w", err)}
 		}
-		c.CommandTimeout = 2 * time.Minute
-		return c, nil
+	} else {
+		c = smtp.NewClient(conn)
+		if err := c.Hello("localhost"); err != nil {
+			c.Close()
+			return nil, &Error{Profile: s.o.Profile, Stage: StageConnect, Err: err}
+		}
 	}
-	c := smtp.NewClient(conn)
-	c.CommandTimeout = 2 * time.Minute
-	if err := c.Hello("localhost"); err != nil {
-		c.Close()
-		return nil, &Error{Profile: s.o.Profile, Stage: "connect", Err: err}
-	}
-	return c, nil
+	c.CommandTimeout = s.o.Timeout
+	c.SubmissionTimeout = s.o.FinalReplyTimeout
+	return &smtpConn{c: c, raw: raw}, nil
 }
 
+// do runs one exchange with the server; if ctx ends meanwhile the
+// connection is closed, which ends the exchange (the session is broken then).
+func (sc *smtpConn) do(ctx context.Context, f func() error) error {
+	stop := context.AfterFunc(ctx, func() { sc.raw.Close() })
+	defer stop()
+	return f()
+}
+
+// writeTimeoutConn bounds every write to the server: go-smtp sets no
+// deadline while a message streams, so a server that stops reading would
+// hold the session forever. Reads keep go-smtp's own deadlines.
+type writeTimeoutConn struct {
+	net.Conn
+	d time.Duration
+}
+
+func (c writeTimeoutConn) Write(p []byte) (int, error) {
+	c.Conn.SetWriteDeadline(time.Now().Add(c.d))
+	return c.Conn.Write(p)
+}
+
+// auth logs in. A 5xx reply refuses mailproxy's token or password (535,
+// or a mechanism the server will not take); a 4xx or a broken connection
+// is temporary.
 func (s *SMTP) auth(c *smtp.Client, tok *oauth2.Token) error {
 	host, port := splitPort(s.o.Addr)
 	sc := s.o.Auth.client(tok, host, port, false)
 	err := c.Auth(sc)
-	if ch := serverChallenge(sc); err != nil && ch != "" {
-		return fmt.Errorf("%w (server said %s)", err, ch)
+	if err == nil {
+		return nil
 	}
-	return err
+	var se *smtp.SMTPError
+	if errors.As(err, &se) && se.Code/100 == 5 {
+		return refused(s.o.Profile, &RefusedError{Reply: smtpReplyText(se), Challenge: serverChallenge(sc)})
+	}
+	if ch := serverChallenge(sc); ch != "" {
+		err = fmt.Errorf("%w (server said %s)", err, ch)
+	}
+	return &Error{Profile: s.o.Profile, Stage: StageAuth, Err: err}
 }
 
 // SMTPTransaction is one message being relayed.
@@ -254,12 +315,12 @@ type SMTPTransaction struct {
 }
 
 // Rcpt adds a recipient; an upstream refusal is returned as *smtp.SMTPError.
-func (t *SMTPTransaction) Rcpt(to string, opts *smtp.RcptOptions) error {
-	err := t.sc.c.Rcpt(to, opts)
+func (t *SMTPTransaction) Rcpt(ctx context.Context, to string, opts *smtp.RcptOptions) error {
+	err := t.sc.do(ctx, func() error { return t.sc.c.Rcpt(to, opts) })
 	var se *smtp.SMTPError
 	if err != nil && !errors.As(err, &se) {
 		t.fail()
-		return &Error{Profile: t.up.o.Profile, Stage: "session", Err: err}
+		return &Error{Profile: t.up.o.Profile, Stage: StageSession, Err: err}
 	}
 	return err
 }
@@ -282,9 +343,12 @@ func (t trackedReader) Read(p []byte) (int, error) {
 
 // Data streams the message upstream and returns nil only when the upstream
 // accepted it (250). If reading r fails (local client gone, message too
-// large) the upstream connection is dropped without the final dot, so a
-// partial message is never delivered; that error is returned as is.
-func (t *SMTPTransaction) Data(r io.Reader) error {
+// large) or ctx ends, the upstream connection is dropped without the final
+// dot, so a partial message is never delivered; a read error is returned
+// as is.
+func (t *SMTPTransaction) Data(ctx context.Context, r io.Reader) error {
+	stop := context.AfterFunc(ctx, func() { t.sc.raw.Close() })
+	defer stop()
 	w, err := t.sc.c.Data()
 	if err != nil {
 		var se *smtp.SMTPError
@@ -293,7 +357,7 @@ func (t *SMTPTransaction) Data(r io.Reader) error {
 			return err
 		}
 		t.fail()
-		return &Error{Profile: t.up.o.Profile, Stage: "session", Err: err}
+		return &Error{Profile: t.up.o.Profile, Stage: StageSession, Err: err}
 	}
 	if _, err := io.Copy(w, trackedReader{r}); err != nil {
 		t.fail()
@@ -301,7 +365,7 @@ func (t *SMTPTransaction) Data(r io.Reader) error {
 		if errors.As(err, &le) {
 			return le.err
 		}
-		return &Error{Profile: t.up.o.Profile, Stage: "session", Err: fmt.Errorf("sending message: %w", err)}
+		return &Error{Profile: t.up.o.Profile, Stage: StageSession, Err: fmt.Errorf("sending message: %w", err)}
 	}
 	if err := w.Close(); err != nil {
 		var se *smtp.SMTPError
@@ -310,7 +374,7 @@ func (t *SMTPTransaction) Data(r io.Reader) error {
 			return err
 		}
 		t.fail()
-		return &Error{Profile: t.up.o.Profile, Stage: "session", Err: fmt.Errorf("after message: %w", err)}
+		return &Error{Profile: t.up.o.Profile, Stage: StageSession, Err: fmt.Errorf("after message: %w", err)}
 	}
 	t.release(true)
 	return nil
@@ -335,4 +399,12 @@ func (t *SMTPTransaction) fail() {
 	}
 	t.done = true
 	t.sc.c.Close()
+}
+
+// smtpReplyText is a server reply as it was on the wire: "535 5.7.8 text".
+func smtpReplyText(se *smtp.SMTPError) string {
+	if ec := se.EnhancedCode; ec[0] > 0 {
+		return fmt.Sprintf("%d %d.%d.%d %s", se.Code, ec[0], ec[1], ec[2], se.Message)
+	}
+	return fmt.Sprintf("%d %s", se.Code, se.Message)
 }

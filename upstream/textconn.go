@@ -60,7 +60,7 @@ type textConn struct {
 func dialText(ctx context.Context, o *MailboxOptions) (*textConn, error) {
 	conn, err := o.Dialer.DialContext(ctx, "tcp", o.Addr)
 	if err != nil {
-		return nil, &Error{Profile: o.Profile, Stage: "connect", Err: err}
+		return nil, &Error{Profile: o.Profile, Stage: StageConnect, Err: err}
 	}
 	if d, ok := ctx.Deadline(); ok {
 		conn.SetDeadline(d)
@@ -79,11 +79,11 @@ func dialText(ctx context.Context, o *MailboxOptions) (*textConn, error) {
 // before the handshake would be a command injection: refuse them.
 func (c *textConn) startTLS(ctx context.Context) error {
 	if c.r.Buffered() > 0 {
-		return &Error{Profile: c.o.Profile, Stage: "tls", Err: errors.New("server sent data before the TLS handshake")}
+		return &Error{Profile: c.o.Profile, Stage: StageTLS, Err: errors.New("server sent data before the TLS handshake")}
 	}
 	tc := tls.Client(c.conn, c.o.TLSConfig)
 	if err := tc.HandshakeContext(ctx); err != nil {
-		return &Error{Profile: c.o.Profile, Stage: "tls", Err: err}
+		return &Error{Profile: c.o.Profile, Stage: StageTLS, Err: err}
 	}
 	c.conn, c.r = tc, bufio.NewReader(tc)
 	return nil
@@ -122,7 +122,7 @@ func (c *textConn) writeLine(line string) error {
 
 // fail wraps a protocol or network error for the stage the caller is in.
 func (c *textConn) fail(err error) error {
-	return &Error{Profile: c.o.Profile, Stage: "session", Err: err}
+	return &Error{Profile: c.o.Profile, Stage: StageSession, Err: err}
 }
 
 // detach ends the line-oriented phase: deadlines are cleared and the

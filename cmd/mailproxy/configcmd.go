@@ -1,14 +1,19 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"io"
 
+	"mailproxy/app"
 	"mailproxy/config"
 )
 
-func cmdConfig(args []string, stdout io.Writer) error {
+// cmdConfig runs config validate: everything serve would refuse before it
+// binds a port is reported (the file, secrets, certificates, keys, the
+// token store), with no network call.
+func cmdConfig(ctx context.Context, args []string, stdout io.Writer) error {
 	if len(args) == 0 || args[0] != "validate" {
 		return errUsage
 	}
@@ -22,6 +27,11 @@ func cmdConfig(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
+	a, err := app.New(ctx, cfg, app.Options{})
+	if err != nil {
+		return fmt.Errorf("config %s: %w", path, err)
+	}
+	a.Close(ctx)
 	fmt.Fprintf(stdout, "%s: ok, %d profile(s): %v\n", path, len(cfg.Profiles), cfg.ProfileNames())
 	return nil
 }

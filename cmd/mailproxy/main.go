@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"mailproxy/config"
+	"mailproxy/tokens"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -69,7 +70,7 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "token":
 		err = cmdToken(ctx, args[1:], stdin, stdout, stderr)
 	case "config":
-		err = cmdConfig(args[1:], stdout)
+		err = cmdConfig(ctx, args[1:], stdout)
 	case "key":
 		if len(args) == 2 && args[1] == "generate" {
 			err = cmdKeyGenerate(stdout)
@@ -120,4 +121,9 @@ func newLogger(w io.Writer, l config.Log) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func cmdKeyGenerate(w io.Writer) error {
+	_, err := fmt.Fprintln(w, tokens.NewKey())
+	return err
 }

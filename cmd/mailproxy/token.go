@@ -8,12 +8,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"mailproxy/app"
 	"mailproxy/config"
 	"mailproxy/tokens"
 )
@@ -27,28 +29,51 @@ func cmdToken(ctx context.Context, args []string, stdin io.Reader, stdout, stder
 	case "add":
 		return cmdTokenAdd(ctx, args[1:], stdin, stdout, stderr)
 	case "list":
-		return cmdTokenList(args[1:], stdout, stderr)
+		return cmdTokenList(ctx, args[1:], stdout, stderr)
 	case "remove":
 		return cmdTokenRemove(ctx, args[1:], stdout, stderr)
 	}
 	return errUsage
 }
 
-// delegatedProfile loads the configuration and the profile's delegated credential.
-func delegatedProfile(cfgFlag, name string, stderr io.Writer) (*app, tokens.Delegated, error) {
-	a, err := loadApp(cfgFlag, name, stderr)
+// delegatedProfile builds the configuration and returns the profile's
+// delegated credential.
+func delegatedProfile(ctx context.Context, cfg *config.Config, name string, stderr io.Writer) (*app.App, tokens.Delegated, error) {
+	a, err := loadApp(ctx, cfg, name, stderr)
 	if err != nil {
 		return nil, nil, err
 	}
-	p := a.cfg.Profiles[name]
-	d := a.delegated[name]
+	d := a.Delegated(name)
 	if d == nil {
-		return nil, nil, fmt.Errorf("profile %q: credentials type %s gets its tokens without a person; token add is for microsoft365 with app: public and oauth2 with grant: refresh_token", name, p.Credentials.Type)
+		return nil, nil, fmt.Errorf("profile %q: credentials type %s gets its tokens without a person; token add is for microsoft365 with app: public and oauth2 with grant: refresh_token", name, cfg.Profiles[name].Credentials.Type)
 	}
 	return a, d, nil
 }
 
-func cmdTokenAdd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
+// loadForSignIn loads the configuration for token add: the token store's
+// directory is made (mode 0700) if it is missing, and must be writable,
+// before anyone signs in.
+func loadForSignIn(path string) (*config.Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := config.Decode(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	if ts := cfg.TokenStore; ts != nil {
+		if err := config.EnsureStoreDir(ts.Path); err != nil {
+			return nil, fmt.Errorf("token_store.path: %w", err)
+		}
+	}
+	if err := cfg.Resolve(); err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+func cmdTokenAdd(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("token add", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "configuration file")
 	device := fs.Bool("device", false, "sign in with a device code (works over SSH and in containers)")
@@ -59,11 +84,16 @@ func cmdTokenAdd(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		return errUsage
 	}
 	name := fs.Arg(0)
-	a, d, err := delegatedProfile(*cfgPath, name, stderr)
+	cfg, err := loadForSignIn(configPath(*cfgPath))
 	if err != nil {
 		return err
 	}
-	cr := a.cfg.Profiles[name].Credentials
+	a, d, err := delegatedProfile(ctx, cfg, name, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeApp(ctx, a, &err)
+	cr := cfg.Profiles[name].Credentials
 	method := "browser"
 	switch {
 	case *device:
@@ -82,7 +112,7 @@ func cmdTokenAdd(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		if err != nil {
 			return fmt.Errorf("profile %q: sign-in failed: %w", name, err)
 		}
-		fmt.Fprintf(stdout, "Signed in as %s; the grant is saved in %s.\n", who, a.cfg.TokenStore.Path)
+		fmt.Fprintf(stdout, "Signed in as %s; the grant is saved in %s.\n", who, cfg.TokenStore.Path)
 		if !strings.EqualFold(who, cr.Account) {
 			fmt.Fprintf(stdout, "Note: profile %q uses %s; a profile with credentials.account: %s uses this one.\n", name, cr.Account, who)
 		}
@@ -131,27 +161,31 @@ func signIn(ctx context.Context, d tokens.Delegated, method, account, redirect s
 	}
 }
 
-func cmdTokenList(args []string, stdout, stderr io.Writer) error {
+func cmdTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("token list", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "configuration file")
 	if err := fs.Parse(args); err != nil || fs.NArg() != 0 {
 		return errUsage
 	}
-	a, err := loadApp(*cfgPath, "", stderr)
+	cfg, err := config.Load(configPath(*cfgPath))
 	if err != nil {
 		return err
 	}
-	cfg := a.cfg
-	if a.store == nil {
+	a, err := loadApp(ctx, cfg, "", stderr)
+	if err != nil {
+		return err
+	}
+	defer a.Close(ctx)
+	if a.Vault() == nil {
 		return errors.New("no token_store in the configuration: nothing is stored")
 	}
-	keys, entries, err := a.store.Accounts()
+	keys, entries, err := a.Vault().Accounts(ctx)
 	if err != nil {
 		return err
 	}
 	users := map[string][]string{} // store key -> profiles
 	for _, name := range cfg.ProfileNames() {
-		if d := a.delegated[name]; d != nil {
+		if d := a.Delegated(name); d != nil {
 			k := d.Key(cfg.Profiles[name].Credentials.Account)
 			users[k] = append(users[k], name)
 			if _, ok := entries[k]; !ok {
@@ -176,7 +210,7 @@ func cmdTokenList(args []string, stdout, stderr io.Writer) error {
 	return tw.Flush()
 }
 
-func cmdTokenRemove(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func cmdTokenRemove(ctx context.Context, args []string, stdout, stderr io.Writer) (err error) {
 	fs := flag.NewFlagSet("token remove", flag.ContinueOnError)
 	cfgPath := fs.String("config", "", "configuration file")
 	account := fs.String("account", "", "the account to forget (default: the profile's)")
@@ -184,11 +218,16 @@ func cmdTokenRemove(ctx context.Context, args []string, stdout, stderr io.Writer
 		return errUsage
 	}
 	name := fs.Arg(0)
-	a, d, err := delegatedProfile(*cfgPath, name, stderr)
+	cfg, err := config.Load(configPath(*cfgPath))
 	if err != nil {
 		return err
 	}
-	acct := cmp.Or(*account, a.cfg.Profiles[name].Credentials.Account)
+	a, d, err := delegatedProfile(ctx, cfg, name, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeApp(ctx, a, &err)
+	acct := cmp.Or(*account, cfg.Profiles[name].Credentials.Account)
 	gone, err := d.Remove(ctx, acct)
 	if err != nil {
 		return fmt.Errorf("profile %q: %w", name, err)
@@ -196,7 +235,7 @@ func cmdTokenRemove(ctx context.Context, args []string, stdout, stderr io.Writer
 	if !gone {
 		return fmt.Errorf("profile %q: %s has no stored grant", name, acct)
 	}
-	fmt.Fprintf(stdout, "Removed %s from %s. The provider still knows the grant: revoke it there too if it was compromised.\n", acct, a.cfg.TokenStore.Path)
+	fmt.Fprintf(stdout, "Removed %s from %s. The provider still knows the grant: revoke it there too if it was compromised.\n", acct, cfg.TokenStore.Path)
 	return nil
 }
 

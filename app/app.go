@@ -1,0 +1,342 @@
+// Package app builds one mailproxy from a configuration, in one function
+// (New): the token store and caches, one backend per profile and protocol,
+// the local listeners, the admin server and its metrics, the alerts. serve,
+// check, the token commands and the admin page all use what it builds.
+//
+// New opens no socket and makes no network call; Serve binds and runs,
+// Check logs in to a profile's upstreams once.
+package app
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"mailproxy/admin"
+	"mailproxy/config"
+	"mailproxy/proxy"
+	"mailproxy/tokens"
+	"mailproxy/upstream"
+)
+
+// Options tune New.
+type Options struct {
+	Logger *slog.Logger
+	// Serving is set for mailproxy serve: a long-running process that
+	// keeps token store changes it cannot save in memory until it can. A
+	// one-off command (check, token) refuses to redeem a refresh token
+	// while the store cannot be written instead.
+	Serving bool
+}
+
+// App is everything built from a configuration.
+type App struct {
+	cfg   *config.Config
+	log   *slog.Logger
+	vault *tokens.Vault // nil without token_store
+	// creds are the profiles' token credentials; profiles with equal
+	// credentials share one.
+	creds     map[string]*credential
+	smtp      map[string]*upstream.SMTP
+	imap      map[string]*upstream.IMAP
+	pop3      map[string]*upstream.POP3
+	metrics   *admin.Metrics
+	webhook   *admin.Webhook
+	listeners []*listener
+	admin     *http.Server
+	ready     atomic.Bool
+}
+
+// credential is a token cache and, for a credential a person grants, its
+// sign-in.
+type credential struct {
+	cache     *tokens.Cache
+	delegated tokens.Delegated
+}
+
+// New builds everything cfg describes. Every problem found is reported,
+// joined, each naming its profile or key.
+func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	a := &App{cfg: cfg, log: o.Logger, creds: map[string]*credential{},
+		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
+	if ts := cfg.TokenStore; ts != nil {
+		key, err := tokens.ParseKey(ts.Key.Value())
+		if err != nil {
+			return nil, fmt.Errorf("token_store.key: %w", err)
+		}
+		fs, err := tokens.NewFileStore(ts.Path, key)
+		if err != nil {
+			return nil, err
+		}
+		if a.vault, err = tokens.NewVault(ctx, fs, tokens.VaultOptions{Logger: a.log, KeepInMemory: o.Serving}); err != nil {
+			return nil, err
+		}
+	}
+	if u := cfg.Alerts.WebhookURL; u.IsSet() {
+		a.webhook = &admin.Webhook{URL: u.Value(), Client: &http.Client{Timeout: 15 * time.Second}, Logger: a.log}
+	}
+	var errs []error
+	if err := a.buildCredentials(); err != nil {
+		errs = append(errs, err)
+	}
+	for _, name := range cfg.ProfileNames() {
+		if err := a.buildUpstreams(cfg.Profiles[name]); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	sources := map[string]admin.TokenSource{}
+	for name, c := range a.creds {
+		sources[name] = c.cache
+	}
+	var unsaved interface{ Unsaved() int }
+	if a.vault != nil {
+		unsaved = a.vault
+	}
+	a.metrics = admin.NewMetrics(sources, unsaved)
+	if err := a.buildListeners(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := a.buildAdmin(); err != nil {
+		errs = append(errs, err)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Config is the configuration the App was built from.
+func (a *App) Config() *config.Config { return a.cfg }
+
+// Vault is the token store (nil without token_store).
+func (a *App) Vault() *tokens.Vault { return a.vault }
+
+// Delegated is the credential a person signs in to for profile, if any.
+func (a *App) Delegated(profile string) tokens.Delegated {
+	if c := a.creds[profile]; c != nil {
+		return c.delegated
+	}
+	return nil
+}
+
+// Close ends what a one-off command started: idle upstream sessions, and
+// the token store's unsaved changes, whose loss its error names.
+func (a *App) Close(ctx context.Context) error {
+	for _, up := range a.smtp {
+		up.Close()
+	}
+	for _, c := range a.uniqueCredentials() {
+		c.cache.Close()
+	}
+	if a.vault != nil {
+		return a.vault.Close(ctx)
+	}
+	return nil
+}
+
+// credentialKey identifies a credential so that profiles using the same
+// one (and the same scopes) share a token cache, and so one token request.
+type credentialKey struct {
+	typ, app, authority, tenant, client, cert, keyFile, serviceAccount, impersonate, tokenURL, grant, scopes, account string
+}
+
+func keyOf(p *config.Profile) credentialKey {
+	c := p.Credentials
+	k := credentialKey{c.Type, c.App, c.Authority, c.TenantID, c.ClientID, c.CertificateFile,
+		c.KeyFile, c.ServiceAccount, c.Impersonate, c.TokenURL, c.Grant, strings.Join(c.Scopes, " "), ""}
+	if c.Delegated() {
+		k.account = c.Account
+	}
+	return k
+}
+
+func (a *App) buildCredentials() error {
+	hc := &http.Client{Timeout: 30 * time.Second}
+	shared := map[credentialKey]*credential{}
+	msApps := map[string]*tokens.MicrosoftApp{}
+	var errs []error
+	for _, name := range a.cfg.ProfileNames() {
+		p := a.cfg.Profiles[name]
+		if !p.Credentials.UsesTokens() {
+			continue
+		}
+		key := keyOf(p)
+		if c := shared[key]; c != nil {
+			a.creds[name] = c
+			continue
+		}
+		f, err := a.fetcher(p, hc, msApps)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("profile %q: credentials: %w", name, err))
+			continue
+		}
+		opts := tokens.CacheOptions{Logger: a.log}
+		if a.webhook != nil {
+			opts.OnNeedsSignIn = a.webhook.Notify
+		}
+		c := &credential{}
+		if d, ok := f.(tokens.Delegated); ok {
+			c.delegated = d
+			opts.Generation = a.vault.Generation
+			opts.Fix = "a person must sign in: run mailproxy token add " + name
+			if a.cfg.Admin != nil {
+				opts.Fix += ", or press Get token on the admin page"
+			}
+		}
+		c.cache = tokens.NewCache(name, f, opts)
+		shared[key] = c
+		a.creds[name] = c
+	}
+	return errors.Join(errs...)
+}
+
+func (a *App) fetcher(p *config.Profile, hc *http.Client, msApps map[string]*tokens.MicrosoftApp) (tokens.Fetcher, error) {
+	c := p.Credentials
+	switch c.Type {
+	case config.CredMicrosoft365:
+		if c.App == config.AppPublic {
+			key := c.Authority + "\x00" + c.TenantID + "\x00" + c.ClientID
+			msApp := msApps[key]
+			if msApp == nil {
+				var err error
+				if msApp, err = tokens.NewMicrosoftApp(c.Authority, c.TenantID, c.ClientID, a.vault, hc); err != nil {
+					return nil, err
+				}
+				msApps[key] = msApp
+			}
+			return msApp.For(c.Account, c.Scopes), nil
+		}
+		return tokens.NewMicrosoftConfidential(tokens.MicrosoftConfidential{
+			Authority: c.Authority, TenantID: c.TenantID, ClientID: c.ClientID,
+			Secret: c.ClientSecret.Value(), CertFile: c.CertificateFile, CertPassword: c.CertificatePassword.Value(),
+			Scopes: c.Scopes, HTTPClient: hc,
+		})
+	case config.CredGoogleServiceAccount:
+		return tokens.NewGoogleServiceAccount(tokens.GoogleServiceAccount{
+			KeyFile: c.KeyFile, Email: c.ServiceAccount, Subject: c.Impersonate,
+			Scopes: c.Scopes, TokenURL: c.TokenURL, HTTPClient: hc,
+		})
+	case config.CredOAuth2:
+		if c.Grant == config.GrantRefreshToken {
+			return tokens.NewOAuth2Delegated(&tokens.OAuth2Delegated{
+				AuthorizeURL: c.AuthorizeURL, TokenURL: c.TokenURL, DeviceURL: c.DeviceURL,
+				ClientID: c.ClientID, ClientSecret: c.ClientSecret.Value(), Scopes: c.Scopes,
+				PKCE: c.PKCE == nil || *c.PKCE, Params: c.Params,
+				Account: c.Account, Initial: c.RefreshToken.Value(), Store: a.vault, HTTPClient: hc,
+			})
+		}
+		return tokens.NewClientCredentials(tokens.ClientCredentials{
+			TokenURL: c.TokenURL, ClientID: c.ClientID, ClientSecret: c.ClientSecret.Value(),
+			Scopes: c.Scopes, HTTPClient: hc,
+		}), nil
+	}
+	return nil, fmt.Errorf("credential type %q gives no tokens", c.Type)
+}
+
+// uniqueCredentials lists each credential once.
+func (a *App) uniqueCredentials() []*credential {
+	seen := map[*credential]bool{}
+	var out []*credential
+	for _, name := range a.cfg.ProfileNames() {
+		if c := a.creds[name]; c != nil && !seen[c] {
+			seen[c] = true
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func (a *App) upstreamAuth(p *config.Profile, mech string) upstream.Auth {
+	auth := upstream.Auth{Mechanism: mech, User: p.Mailbox}
+	if p.Credentials.Type == config.CredBasic {
+		auth.User = p.Credentials.Username
+		auth.Password = p.Credentials.Password.Value()
+	} else if c := a.creds[p.Name]; c != nil {
+		auth.Tokens = c.cache
+	}
+	return auth
+}
+
+func (a *App) buildUpstreams(p *config.Profile) error {
+	var errs []error
+	if s := p.SMTP; s != nil {
+		u := s.Upstream
+		tc, err := clientTLS(u.CAFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("profile %q: smtp.upstream.ca_file: %w", p.Name, err))
+		} else {
+			a.smtp[p.Name] = upstream.NewSMTP(upstream.SMTPOptions{
+				Profile: p.Name, Addr: u.Host, TLS: u.TLS, TLSConfig: tc,
+				Auth:               a.upstreamAuth(p, u.Mechanism),
+				MessagesPerSession: u.MessagesPerSession,
+				Timeout:            u.Timeout.D(),
+				Logger:             a.log,
+			})
+		}
+	}
+	for _, r := range []struct {
+		proto string
+		rcv   *config.Receiving
+	}{{"imap", p.IMAP}, {"pop3", p.POP3}} {
+		if r.rcv == nil {
+			continue
+		}
+		u := r.rcv.Upstream
+		tc, err := clientTLS(u.CAFile)
+		if err != nil {
+			errs = append(errs, fmt.Errorf("profile %q: %s.upstream.ca_file: %w", p.Name, r.proto, err))
+			continue
+		}
+		o := upstream.MailboxOptions{Profile: p.Name, Addr: u.Host, TLS: u.TLS, TLSConfig: tc, Auth: a.upstreamAuth(p, u.Mechanism), Logger: a.log}
+		if r.proto == "imap" {
+			a.imap[p.Name] = upstream.NewIMAP(o)
+		} else {
+			a.pop3[p.Name] = upstream.NewPOP3(o)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// clientTLS trusts caFile instead of the system roots when given.
+func clientTLS(caFile string) (*tls.Config, error) {
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if caFile == "" {
+		return tc, nil
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("%s holds no PEM certificate", caFile)
+	}
+	tc.RootCAs = pool
+	return tc, nil
+}
+
+// serverTLS loads a local listener's certificate.
+func serverTLS(t *config.LocalTLS) (*tls.Config, error) {
+	if t == nil {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// observer is what the listeners report to: the metrics.
+func (a *App) observer() proxy.Observer { return a.metrics }

@@ -1,0 +1,151 @@
+package upstream
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+)
+
+// fakeSMTP is a server that answers EHLO and AUTH, then behaves as
+// serve says once a client sends MAIL.
+func fakeSMTP(t *testing.T, authReply string, serve func(c net.Conn, r *bufio.Reader)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				io.WriteString(c, "220 fake ESMTP\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch verb := strings.ToUpper(strings.Fields(line + " x")[0]); verb {
+					case "EHLO":
+						io.WriteString(c, "250-fake\r\n250 AUTH XOAUTH2\r\n")
+					case "AUTH":
+						io.WriteString(c, "334 \r\n")
+						r.ReadString('\n')
+						io.WriteString(c, authReply)
+					case "MAIL":
+						io.WriteString(c, "250 2.1.0 ok\r\n")
+						serve(c, r)
+						return
+					case "QUIT":
+						io.WriteString(c, "221 bye\r\n")
+						return
+					default:
+						io.WriteString(c, "250 ok\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func smtpUp(addr string, timeout time.Duration) *SMTP {
+	return NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", Timeout: timeout,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
+}
+
+func TestSMTPUpstreamThatStopsReadingAfter354FailsInBoundedTime(t *testing.T) {
+	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
+		r.ReadString('\n') // RCPT
+		io.WriteString(c, "250 ok\r\n")
+		r.ReadString('\n') // DATA
+		io.WriteString(c, "354 go ahead\r\n")
+		time.Sleep(10 * time.Second) // and read nothing more
+	})
+	up := smtpUp(addr, 300*time.Millisecond)
+	defer up.Close()
+	ctx := context.Background()
+	txn, err := up.Begin(ctx, "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Rcpt(ctx, "b@x", nil); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	// Far more than the socket buffers hold, so writes block.
+	err = txn.Data(ctx, io.LimitReader(zeros{}, 64<<20))
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Data blocked for %v with a 300 ms timeout", took)
+	}
+	var ue *Error
+	if !errors.As(err, &ue) || ue.Kind != Temporary || ue.Stage != StageSession {
+		t.Fatalf("got %v, want a temporary session error", err)
+	}
+}
+
+func TestSMTPUpstreamDataEndsWhenTheContextDoes(t *testing.T) {
+	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
+		r.ReadString('\n')
+		io.WriteString(c, "250 ok\r\n")
+		r.ReadString('\n')
+		io.WriteString(c, "354 go ahead\r\n")
+		time.Sleep(10 * time.Second)
+	})
+	up := smtpUp(addr, time.Minute)
+	defer up.Close()
+	txn, err := up.Begin(context.Background(), "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn.Rcpt(context.Background(), "b@x", nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if err := txn.Data(ctx, io.LimitReader(zeros{}, 64<<20)); err == nil {
+		t.Fatal("Data succeeded")
+	}
+	if took := time.Since(start); took > 5*time.Second {
+		t.Fatalf("Data went on for %v after its context ended", took)
+	}
+}
+
+func TestSMTPUpstream535IsARefusal(t *testing.T) {
+	for _, tc := range []struct {
+		reply string
+		kind  Kind
+	}{
+		{"535 5.7.3 Authentication unsuccessful\r\n", Refused},
+		{"454 4.7.0 Temporary authentication failure\r\n", Temporary},
+	} {
+		addr := fakeSMTP(t, tc.reply, nil)
+		up := smtpUp(addr, time.Minute)
+		_, err := up.Begin(context.Background(), "a@x", nil)
+		up.Close()
+		if KindOf(err) != tc.kind {
+			t.Fatalf("%q: kind %v (%v), want %v", tc.reply, KindOf(err), err, tc.kind)
+		}
+		if tc.kind == Refused && !strings.Contains(err.Error(), "server refused the login: 535 5.7.3 Authentication unsuccessful") {
+			t.Fatalf("refusal says %q", err)
+		}
+	}
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'x'
+	}
+	return len(p), nil
+}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -139,13 +140,18 @@ func setup() (func(), error) {
 	cleanups = append(cleanups, func() { os.RemoveAll(work) })
 	env.work = work
 
-	env.bin = filepath.Join(work, "mailproxy")
-	build := exec.Command("go", "build", "-race", "-o", env.bin, "../cmd/mailproxy")
-	if os.Getenv("MAILPROXY_E2E_NORACE") == "1" {
-		build = exec.Command("go", "build", "-o", env.bin, "../cmd/mailproxy")
-	}
-	if out, err := build.CombinedOutput(); err != nil {
-		return cleanup, fmt.Errorf("go build: %v\n%s", err, out)
+	// MAILPROXY_E2E_BIN runs the suite against a binary built elsewhere (a
+	// release, or an older commit to see a test fail before its fix).
+	env.bin = os.Getenv("MAILPROXY_E2E_BIN")
+	if env.bin == "" {
+		env.bin = filepath.Join(work, "mailproxy")
+		build := exec.Command("go", "build", "-race", "-o", env.bin, "../cmd/mailproxy")
+		if os.Getenv("MAILPROXY_E2E_NORACE") == "1" {
+			build = exec.Command("go", "build", "-o", env.bin, "../cmd/mailproxy")
+		}
+		if out, err := build.CombinedOutput(); err != nil {
+			return cleanup, fmt.Errorf("go build: %v\n%s", err, out)
+		}
 	}
 
 	// The fake identity provider: HTTPS for mailproxy, HTTP for Dovecot.
@@ -310,8 +316,16 @@ func startProxy(t testing.TB, yaml string, addrs ...string) *proxy {
 // startProxyFile runs `mailproxy serve` with the configuration file cfg.
 func startProxyFile(t testing.TB, cfg string, addrs ...string) *proxy {
 	t.Helper()
+	return startProxyUnder(t, nil, cfg, addrs...)
+}
+
+// startProxyUnder runs `mailproxy serve` with the configuration file cfg
+// under the command prefix (prlimit, say).
+func startProxyUnder(t testing.TB, prefix []string, cfg string, addrs ...string) *proxy {
+	t.Helper()
 	p := &proxy{t: t, logs: &syncBuffer{}, done: make(chan struct{}), cfg: cfg}
-	p.cmd = exec.Command(env.bin, "serve", "-config", cfg)
+	args := append(append(slices.Clone(prefix), env.bin), "serve", "-config", cfg)
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+env.idpCA)
 	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
 	if err := p.cmd.Start(); err != nil {

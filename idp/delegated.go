@@ -386,12 +386,16 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 	case "refresh_token":
 		rt := f.Get("refresh_token")
 		g, ok := s.refresh[rt]
+		if s.spent[rt] {
+			s.reuses++
+		}
 		if !ok || (g.clientID != "" && g.clientID != clientID) {
 			fail(400, "invalid_grant", 700082, "The refresh token has expired due to inactivity. The token was issued on 2026-01-01T00:00:00Z and was inactive for 90.00:00:00.")
 			return
 		}
 		if s.RotateRefresh {
 			delete(s.refresh, rt)
+			s.spent[rt] = true
 		}
 		mailbox, scope = g.mailbox, g.scope
 		if f.Get("scope") != "" {

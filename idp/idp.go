@@ -93,6 +93,11 @@ type Server struct {
 	access    map[string]issued
 	faults    []int // status codes for the next token requests
 	down      bool
+	// clientFaults apply to one client's token requests.
+	clientFaults map[string]ClientFault
+	perClient    map[string]int64 // token requests by client
+	spent        map[string]bool  // refresh tokens rotated away
+	reuses       int64            // redemptions of a spent refresh token
 	lastJWT   map[string]any
 	lastJWTHd map[string]any
 
@@ -119,6 +124,57 @@ func New() *Server {
 		users:   map[string]string{},
 		codes:   map[string]*authCode{},
 		devices: map[string]*deviceGrant{},
+
+		clientFaults: map[string]ClientFault{},
+		perClient:    map[string]int64{},
+		spent:        map[string]bool{},
+	}
+}
+
+// ClientFault is what one client's token requests meet.
+type ClientFault struct {
+	// Down closes the connection without an answer.
+	Down bool
+	// Delay holds each request this long before it is answered (a token
+	// endpoint that hangs, or a slow one).
+	Delay time.Duration
+}
+
+// SetClientFault makes clientID's token requests meet f (the zero
+// ClientFault clears it). Other clients are not affected, so tests that
+// break one client can run beside others.
+func (s *Server) SetClientFault(clientID string, f ClientFault) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.clientFaults[clientID] = f
+}
+
+// TokenRequestsFor counts clientID's token requests.
+func (s *Server) TokenRequestsFor(clientID string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.perClient[clientID]
+}
+
+// RefreshReuses counts redemptions of a refresh token that rotation had
+// already replaced: what a provider with reuse detection (RFC 9700
+// §4.14.2) answers by revoking the whole grant.
+func (s *Server) RefreshReuses() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.reuses
+}
+
+// ExpireAccess ends every access token issued for mailbox, as their expiry
+// would: the next upstream login refuses them, and mailproxy must redeem
+// its refresh token.
+func (s *Server) ExpireAccess(mailbox string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for tok, a := range s.access {
+		if a.mailbox == mailbox {
+			delete(s.access, tok)
+		}
 	}
 }
 
@@ -237,12 +293,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	case path == "/devicelogin":
 		s.deviceLogin(w, r)
 	case strings.HasSuffix(path, "/oauth2/v2.0/token") && r.Method == http.MethodPost:
-		if s.fault(w) {
+		if s.fault(w, r) {
 			return
 		}
 		s.microsoftToken(w, r, strings.Trim(strings.TrimSuffix(path, "/oauth2/v2.0/token"), "/"))
 	case path == "/token" && r.Method == http.MethodPost:
-		if s.fault(w) {
+		if s.fault(w, r) {
 			return
 		}
 		s.genericToken(w, r)
@@ -251,16 +307,31 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// fault applies SetDown and FailNext; it counts the request either way.
-func (s *Server) fault(w http.ResponseWriter) bool {
+// fault applies SetDown, FailNext and the client's fault; it counts the
+// request either way.
+func (s *Server) fault(w http.ResponseWriter, r *http.Request) bool {
 	s.tokenRequests.Add(1)
+	r.ParseForm()
+	clientID := r.PostForm.Get("client_id")
+	if u, _, ok := r.BasicAuth(); ok {
+		clientID = u
+	}
 	s.mu.Lock()
-	down := s.down
+	s.perClient[clientID]++
+	cf := s.clientFaults[clientID]
+	down := s.down || cf.Down
 	status := 0
 	if !down && len(s.faults) > 0 {
 		status, s.faults = s.faults[0], s.faults[1:]
 	}
 	s.mu.Unlock()
+	if cf.Delay > 0 {
+		select {
+		case <-time.After(cf.Delay):
+		case <-r.Context().Done():
+			return true
+		}
+	}
 	if down {
 		if hj, ok := w.(http.Hijacker); ok {
 			if c, _, err := hj.Hijack(); err == nil {

@@ -122,10 +122,17 @@ func (l *guardedListener) release(addr netip.Addr) {
 	}
 }
 
-// refuse tells the client why and closes the connection, in the
-// background (a TLS handshake may come first), with a deadline.
+// refuse tells the client why and closes the connection; over TLS in the
+// background (the handshake comes first), with a deadline.
 func (l *guardedListener) refuse(c net.Conn, reason string) {
 	l.log.Warn("connection refused", "proto", l.proto, "remote", c.RemoteAddr().String(), "reason", reason)
+	if l.tls == nil {
+		// A line to a new connection fits its socket buffer: no wait.
+		c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		c.Write([]byte(l.busy(reason) + "\r\n"))
+		c.Close()
+		return
+	}
 	if l.refusing.Add(1) > maxRefusing {
 		l.refusing.Add(-1)
 		c.Close()
@@ -135,15 +142,10 @@ func (l *guardedListener) refuse(c net.Conn, reason string) {
 		defer l.refusing.Add(-1)
 		defer c.Close()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
-		var w net.Conn = c
-		if l.tls != nil {
-			tc := tls.Server(c, l.tls)
-			if tc.Handshake() != nil {
-				return
-			}
-			w = tc
+		tc := tls.Server(c, l.tls)
+		if tc.Handshake() == nil {
+			tc.Write([]byte(l.busy(reason) + "\r\n"))
 		}
-		w.Write([]byte(l.busy(reason) + "\r\n"))
 	}()
 }
 

@@ -171,7 +171,7 @@ func (ss *imapSession) handle(ctx context.Context, cmd *imapCommand, act *activi
 
 func (ss *imapSession) startTLS(tag string) bool {
 	if ss.s.o.TLSConfig == nil || ss.isTLS {
-		return ss.send("%s BAD STARTTLS is not available here", tag) != nil
+		return ss.send("%s BAD %s", tag, noTLSHint("STARTTLS", ss.isTLS)) != nil
 	}
 	if ss.send("%s OK Begin TLS negotiation now", tag) != nil {
 		return true

@@ -177,7 +177,7 @@ func (ps *pop3Session) handle(ctx context.Context, verb, arg string, act *activi
 
 func (ps *pop3Session) startTLS() bool {
 	if ps.s.o.TLSConfig == nil || ps.isTLS {
-		return ps.send("-ERR STLS is not available here") != nil
+		return ps.send("-ERR %s", noTLSHint("STLS", ps.isTLS)) != nil
 	}
 	if ps.send("+OK Begin TLS negotiation") != nil {
 		return true

@@ -229,3 +229,13 @@ func (s *sessions) closeIdle(d time.Duration) {
 		}
 	}
 }
+
+// noTLSHint answers a STARTTLS (STLS) the listener cannot do, saying what
+// to set: clients such as fetchmail 6.4 and mbsync ask for TLS by default
+// and stop here.
+func noTLSHint(cmd string, isTLS bool) string {
+	if isTLS {
+		return cmd + " is not available: TLS is already on"
+	}
+	return cmd + " is not available: this listener has no certificate (give it tls:, or tell the client to log in without TLS on loopback: fetchmail sslproto '', mbsync SSLType None)"
+}

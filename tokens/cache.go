@@ -111,7 +111,7 @@ type CacheOptions struct {
 	// way (default 10 s), well under what mail clients allow for a login;
 	// the request goes on and its token serves the next login.
 	LoginWait time.Duration
-	// MaxBackoff caps the wait after failed requests (default 30 s). Until
+	// MaxBackoff caps the wait after failed requests (default 15 s). Until
 	// it is over, every caller is answered with the failure from memory,
 	// so an outage of the token endpoint does not turn every app login
 	// into a token request.
@@ -178,7 +178,7 @@ func NewCache(profile string, f Fetcher, opts CacheOptions) *Cache {
 		opts.LoginWait = 10 * time.Second
 	}
 	if opts.MaxBackoff == 0 {
-		opts.MaxBackoff = 30 * time.Second
+		opts.MaxBackoff = 15 * time.Second
 	}
 	if opts.HoldSignIn == 0 {
 		opts.HoldSignIn = 10 * time.Second
@@ -315,9 +315,16 @@ func withoutURL(err error) error {
 	return err
 }
 
+// rejecter is implemented by fetchers with a cache of their own (MSAL's),
+// which must not hand out a token the upstream refused.
+type rejecter interface{ Reject(*oauth2.Token) }
+
 // Invalidate drops tok if it is still the cached one: the upstream refused
 // it, so the next caller gets a new one.
 func (c *Cache) Invalidate(tok *oauth2.Token) {
+	if r, ok := c.fetcher.(rejecter); ok && tok != nil {
+		r.Reject(tok)
+	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.tok != nil && tok != nil && c.tok.AccessToken == tok.AccessToken {

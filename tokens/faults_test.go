@@ -263,3 +263,71 @@ func TestStateUsableHasTheExpiryMargin(t *testing.T) {
 		t.Fatal("a token 20 s from expiry is reported usable, but logins would not get it")
 	}
 }
+
+// A token the upstream refused is not handed out again: the Microsoft
+// confidential fetcher asks the endpoint every time (MSAL's own cache
+// would answer with the refused token).
+func TestInvalidatedMicrosoftTokenIsNotServedAgain(t *testing.T) {
+	s, tokenURL, hc := fakeIdP(t)
+	s.AddMicrosoftApp(idp.MicrosoftApp{Tenant: "contoso", ClientID: "app1", Secret: "right", Mailbox: "a@x"})
+	f, err := NewMicrosoftConfidential(MicrosoftConfidential{Authority: tokenURL, TenantID: "contoso", ClientID: "app1",
+		Secret: "right", Scopes: []string{"https://outlook.office365.com/.default"}, HTTPClient: hc})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache("sending", f, CacheOptions{})
+	first, err := c.Token(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Invalidate(first)
+	second, err := c.Token(bg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.AccessToken == first.AccessToken {
+		t.Fatal("the refused token was handed out again")
+	}
+}
+
+// The same for a Microsoft public app (delegated): MSAL's cache in the
+// store would answer with the refused token; it redeems the refresh token.
+func TestInvalidatedMicrosoftPublicTokenIsNotServedAgain(t *testing.T) {
+	s, base, hc, st, _ := delegatedSetup(t)
+	app, err := NewMicrosoftApp(base, "contoso", "app-1", st, hc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := app.For("alice@example.test", []string{"https://outlook.office.com/IMAP.AccessAsUser.All"})
+	ctx, cancel := context.WithTimeout(bg, 30*time.Second)
+	defer cancel()
+	da, err := m.DeviceCode(ctx, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for s.DevicePolls() < 1 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		s.ApproveDevice(da.UserCode, "alice@example.test", "alice-pw")
+	}()
+	if _, err := da.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	c := NewCache("p", m, CacheOptions{Generation: st.Generation})
+	first, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Invalidate(first)
+	second, err := c.Token(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.AccessToken == first.AccessToken {
+		t.Fatal("the refused token was handed out again")
+	}
+	if _, ok := s.Validate(second.AccessToken); !ok {
+		t.Fatal("the new token is not valid")
+	}
+}

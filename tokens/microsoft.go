@@ -11,6 +11,7 @@ import (
 	"os"
 	"strings"
 
+	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/cache"
 	"github.com/AzureAD/microsoft-authentication-library-for-go/apps/confidential"
 	msalerrors "github.com/AzureAD/microsoft-authentication-library-for-go/apps/errors"
 	"golang.org/x/oauth2"
@@ -49,7 +50,9 @@ func NewMicrosoftConfidential(m MicrosoftConfidential) (Fetcher, error) {
 		return nil, fmt.Errorf("microsoft365 credential: %w", err)
 	}
 	authority := strings.TrimRight(m.Authority, "/") + "/" + m.TenantID
-	opts := []confidential.Option{confidential.WithInstanceDiscovery(false)}
+	// MSAL answers from its own cache first; the Cache around this Fetcher
+	// is the one cache, and a token the upstream refused must not come back.
+	opts := []confidential.Option{confidential.WithInstanceDiscovery(false), confidential.WithCache(noCache{})}
 	if m.HTTPClient != nil {
 		opts = append(opts, confidential.WithHTTPClient(m.HTTPClient))
 	}
@@ -66,6 +69,15 @@ func NewMicrosoftConfidential(m MicrosoftConfidential) (Fetcher, error) {
 		return &oauth2.Token{AccessToken: res.AccessToken, TokenType: "Bearer", Expiry: res.ExpiresOn}, nil
 	}), nil
 }
+
+// noCache keeps MSAL's token cache empty: every Fetch asks the endpoint.
+type noCache struct{}
+
+func (noCache) Replace(_ context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
+	return u.Unmarshal([]byte("{}"))
+}
+
+func (noCache) Export(context.Context, cache.Marshaler, cache.ExportHints) error { return nil }
 
 // loadCertificate reads a PEM (certificate + unencrypted key) or a PFX/P12.
 func loadCertificate(path, password string) ([]*x509.Certificate, crypto.PrivateKey, error) {

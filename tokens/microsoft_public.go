@@ -27,6 +27,7 @@ type MicrosoftApp struct {
 	client   public.Client
 	name     string // of the MSAL cache in the store
 	store    *Vault
+	cache    *msalCache
 }
 
 // NewMicrosoftApp builds the MSAL public client for clientID at
@@ -37,8 +38,8 @@ func NewMicrosoftApp(authority, tenantID, clientID string, store *Vault, hc *htt
 	}
 	authority = strings.TrimRight(authority, "/") + "/" + tenantID
 	a := &MicrosoftApp{ClientID: clientID, name: "msal:" + authority + "/" + clientID, store: store}
-	opts := []public.Option{public.WithAuthority(authority), public.WithInstanceDiscovery(false),
-		public.WithCache(&msalCache{store: store, name: a.name})}
+	a.cache = &msalCache{store: store, name: a.name}
+	opts := []public.Option{public.WithAuthority(authority), public.WithInstanceDiscovery(false), public.WithCache(a.cache)}
 	if hc != nil {
 		opts = append(opts, public.WithHTTPClient(hc))
 	}
@@ -103,6 +104,10 @@ func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	}
 	return tok, nil
 }
+
+// Reject keeps MSAL from handing out tok again: the upstream refused it,
+// so the next Fetch redeems the refresh token for a new one.
+func (m *MicrosoftPublic) Reject(tok *oauth2.Token) { m.cache.reject(tok.AccessToken) }
 
 // SignedIn reports whether the profile's account has signed in (from
 // memory: no I/O).
@@ -205,13 +210,25 @@ type msalCache struct {
 	store *Vault
 	name  string
 
-	mu   sync.Mutex
-	base []byte // what the last Replace gave MSAL
+	mu       sync.Mutex
+	base     []byte          // what the last Replace gave MSAL
+	rejected map[string]bool // access tokens an upstream refused
+}
+
+// reject hides the access token secret from MSAL from now on.
+func (c *msalCache) reject(secret string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.rejected == nil {
+		c.rejected = map[string]bool{}
+	}
+	c.rejected[secret] = true
 }
 
 func (c *msalCache) Replace(ctx context.Context, u cache.Unmarshaler, _ cache.ReplaceHints) error {
 	data := c.store.Cache(ctx, c.name)
 	c.mu.Lock()
+	data = withoutAccessTokens(data, c.rejected)
 	c.base = data
 	c.mu.Unlock()
 	if data == nil {

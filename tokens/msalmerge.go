@@ -105,3 +105,40 @@ func canonical(raw json.RawMessage) []byte {
 	out, _ := json.Marshal(v) // maps marshal with sorted keys
 	return out
 }
+
+// withoutAccessTokens removes the AccessToken entries whose secret is in
+// rejected from an MSAL cache, so MSAL redeems its refresh token instead of
+// handing one of them out. A cache it cannot read is returned as is.
+func withoutAccessTokens(data []byte, rejected map[string]bool) []byte {
+	if len(rejected) == 0 || len(data) == 0 {
+		return data
+	}
+	var c map[string]json.RawMessage
+	if json.Unmarshal(data, &c) != nil {
+		return data
+	}
+	var ats map[string]struct {
+		Secret string `json:"secret"`
+	}
+	if json.Unmarshal(c["AccessToken"], &ats) != nil {
+		return data
+	}
+	var raw map[string]json.RawMessage
+	json.Unmarshal(c["AccessToken"], &raw)
+	dropped := false
+	for k, at := range ats {
+		if rejected[at.Secret] {
+			delete(raw, k)
+			dropped = true
+		}
+	}
+	if !dropped {
+		return data
+	}
+	c["AccessToken"], _ = json.Marshal(raw)
+	out, err := json.Marshal(c)
+	if err != nil {
+		return data
+	}
+	return out
+}

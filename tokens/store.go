@@ -444,7 +444,7 @@ func (v *Vault) Run(ctx context.Context) {
 		}
 		if err := v.Flush(ctx); err != nil {
 			next = time.Now().Add(backoff/2 + rand.N(backoff/2+1))
-			backoff = min(backoff*2, 30*time.Second)
+			backoff = min(backoff*2, 5*time.Second)
 			continue
 		}
 		backoff, next = time.Second, time.Time{}

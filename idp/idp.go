@@ -80,26 +80,26 @@ type Server struct {
 	// busy server does (RFC 8628 §3.5: the client adds 5 s to its interval).
 	DeviceSlowDown int
 
-	mu        sync.Mutex
-	apps      map[string]MicrosoftApp // tenant/clientID
-	sas       map[string]ServiceAccount
-	clients   map[string]Client
-	refresh   map[string]refreshGrant
-	public    map[string]PublicApp
-	users     map[string]string // mailbox -> password
-	codes     map[string]*authCode
-	devices   map[string]*deviceGrant
-	polls     []time.Time // device code polls
-	access    map[string]issued
-	faults    []int // status codes for the next token requests
-	down      bool
+	mu      sync.Mutex
+	apps    map[string]MicrosoftApp // tenant/clientID
+	sas     map[string]ServiceAccount
+	clients map[string]Client
+	refresh map[string]refreshGrant
+	public  map[string]PublicApp
+	users   map[string]string // mailbox -> password
+	codes   map[string]*authCode
+	devices map[string]*deviceGrant
+	polls   []time.Time // device code polls
+	access  map[string]issued
+	faults  []int // status codes for the next token requests
+	down    bool
 	// clientFaults apply to one client's token requests.
 	clientFaults map[string]ClientFault
 	perClient    map[string]int64 // token requests by client
 	spent        map[string]bool  // refresh tokens rotated away
 	reuses       int64            // redemptions of a spent refresh token
-	lastJWT   map[string]any
-	lastJWTHd map[string]any
+	lastJWT      map[string]any
+	lastJWTHd    map[string]any
 
 	tokenRequests  atomic.Int64
 	introspections atomic.Int64

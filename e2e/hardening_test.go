@@ -682,3 +682,34 @@ func TestTokenRemoveEndsTheCachedTokenOfARunningServe(t *testing.T) {
 		t.Fatalf("login after token remove: %q", got)
 	}
 }
+
+// token add makes a missing store directory (mode 0700) before anyone
+// signs in, and says so before the sign-in when it cannot write there.
+func TestTokenAddChecksTheStoreBeforeTheSignIn(t *testing.T) {
+	need(t)
+	base := t.TempDir()
+	for _, tc := range []struct{ name, dir, want string }{
+		{"missing directory", filepath.Join(base, "new", "store"), "Open this address in a browser"},
+		{"unusable directory", filepath.Join(base, "a-file", "store"), "token_store.path:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			os.WriteFile(filepath.Join(base, "a-file"), nil, 0o600)
+			cfg := writeConfig(t, fmt.Sprintf("token_store: {path: %s/tokens.enc, key: %q}\nprofiles:\n", tc.dir, tokens.NewKey())+
+				delegatedProfile("delegated", gina, "", freeAddr(t)))
+			cmd := mailproxyCmd("token", "add", "-paste", "-config", cfg, "delegated")
+			cmd.Stdin = strings.NewReader("") // nobody pastes
+			out, _ := cmd.CombinedOutput()
+			if !strings.Contains(string(out), tc.want) {
+				t.Fatalf("token add: %s\nwant %q", out, tc.want)
+			}
+			if tc.name == "missing directory" {
+				fi, err := os.Stat(tc.dir)
+				if err != nil || fi.Mode().Perm() != 0o700 {
+					t.Fatalf("store directory: %v %v", fi, err)
+				}
+			} else if strings.Contains(string(out), "Open this address") {
+				t.Fatalf("the sign-in started although the store cannot be written:\n%s", out)
+			}
+		})
+	}
+}

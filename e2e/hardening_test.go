@@ -300,18 +300,10 @@ func TestConnectionFloodAtALowFDLimitSparesTheOtherListeners(t *testing.T) {
 	p := startProxyUnder(t, []string{"prlimit", "--nofile=256:256", "--"}, cfg, smtpAddr, imapAddr, pop3Addr)
 	// (256 - 64 reserved - 4 a listener) / 2 per session / 3 listeners.
 	const share = (256 - 64 - 12) / 2 / 3
-	host, imapPortS, _ := net.SplitHostPort(imapAddr)
-	_, pop3PortS, _ := net.SplitHostPort(pop3Addr)
+	host, pop3PortS, _ := net.SplitHostPort(pop3Addr)
 	imapWorks := func(what string) {
 		t.Helper()
-		marker := uniqueMarker(t)
-		stored := deliver(t, frank, messageWith(marker), marker)
-		out := filepath.Join(t.TempDir(), "fetched.eml")
-		if msg, err := pyFetch(host, imapPortS, localUser, localPass, "quoted")(marker, out); err != nil {
-			t.Fatalf("%s: imaplib: %v\n%s", what, err, msg)
-		}
-		got, _ := os.ReadFile(out)
-		sameBytes(t, what+": IMAP FETCH", got, stored)
+		readsThrough(t, frank, imapAddr)
 		if r := runPy(t, "pop3client.py", host, pop3PortS, localUser, localPass, "user", t.TempDir()); r["ok"] != true {
 			t.Fatalf("%s: poplib: %v", what, r)
 		}

@@ -55,10 +55,27 @@ type guardedListener struct {
 	mu      sync.Mutex
 	conns   int
 	perAddr map[netip.Addr]int
+	live    map[*guardedConn]struct{}
 }
 
 func guard(l net.Listener, proto string, limits Limits, busy busyReply, implicitTLS *tls.Config, log *slog.Logger) *guardedListener {
-	return &guardedListener{Listener: l, proto: proto, limits: limits, busy: busy, tls: implicitTLS, log: log, perAddr: map[netip.Addr]int{}}
+	return &guardedListener{Listener: l, proto: proto, limits: limits, busy: busy, tls: implicitTLS, log: log,
+		perAddr: map[netip.Addr]int{}, live: map[*guardedConn]struct{}{}}
+}
+
+// closeIdle closes every connection not marked busy.
+func (l *guardedListener) closeIdle() {
+	l.mu.Lock()
+	var idle []*guardedConn
+	for c := range l.live {
+		if !c.busy.Load() {
+			idle = append(idle, c)
+		}
+	}
+	l.mu.Unlock()
+	for _, c := range idle {
+		c.Close()
+	}
 }
 
 // Accept returns the next connection within the limits. Connections over
@@ -87,6 +104,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		if d := l.limits.LoginTimeout; d > 0 {
 			g.loginBy.Store(time.Now().Add(d).UnixNano())
 		}
+		l.mu.Lock()
+		l.live[g] = struct{}{}
+		l.mu.Unlock()
 		return g, nil
 	}
 }
@@ -109,15 +129,17 @@ func (l *guardedListener) admit(addr netip.Addr) string {
 	return ""
 }
 
-func (l *guardedListener) release(addr netip.Addr) {
+// release forgets a connection that is closed.
+func (l *guardedListener) release(c *guardedConn) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	delete(l.live, c)
 	l.conns--
-	if n, ok := l.perAddr[addr]; ok {
+	if n, ok := l.perAddr[c.addr]; ok {
 		if n <= 1 {
-			delete(l.perAddr, addr)
+			delete(l.perAddr, c.addr)
 		} else {
-			l.perAddr[addr] = n - 1
+			l.perAddr[c.addr] = n - 1
 		}
 	}
 }
@@ -170,6 +192,8 @@ type guardedConn struct {
 	// closeAfterWrite ends the connection once the next reply is out
 	// (SMTP's third failed login, which go-smtp answers itself).
 	closeAfterWrite atomic.Bool
+	// busy marks a message in flight: a graceful shutdown lets it finish.
+	busy atomic.Bool
 }
 
 // LoggedIn lifts the login deadline.
@@ -227,7 +251,7 @@ func (c *guardedConn) CloseWrite() error {
 
 func (c *guardedConn) Close() error {
 	err := c.Conn.Close()
-	c.closed.Do(func() { c.l.release(c.addr) })
+	c.closed.Do(func() { c.l.release(c) })
 	return err
 }
 

@@ -87,8 +87,12 @@ func (f *fakeIMAPUpstream) Login(context.Context) (net.Conn, []string, error) {
 	return a, f.caps, nil
 }
 
-// serveLocal serves s on a loopback port until the test ends.
-func serveLocal(t *testing.T, s *sessions) string {
+// serveLocal serves s (a listener of any protocol) on a loopback port
+// until the test ends.
+func serveLocal(t *testing.T, s interface {
+	Serve(net.Listener) error
+	Shutdown(context.Context) error
+}) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -32,7 +32,7 @@ func TestTrickledCommandsDoNotExtendTheLoginDeadline(t *testing.T) {
 	}{
 		{"IMAP NOOP", serveLocal(t, &imapSrv.sessions), "a NOOP\r\n", "* BYE Autologout: no login within 600ms"},
 		{"POP3 CAPA", serveLocal(t, &pop3Srv.sessions), "CAPA\r\n", "-ERR Autologout: no login within 600ms"},
-		{"SMTP NOOP", serveSMTP(t, smtpSrv), "NOOP\r\n", "421 4.4.2"},
+		{"SMTP NOOP", serveLocal(t, smtpSrv), "NOOP\r\n", "421 4.4.2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := net.Dial("tcp", tc.addr)
@@ -86,7 +86,7 @@ func TestConnectionsOverTheCapAreRefusedClearly(t *testing.T) {
 	for _, tc := range []struct{ name, addr, greeting, full string }{
 		{"IMAP", serveLocal(t, &imapSrv.sessions), "* OK", "* BYE [UNAVAILABLE] mailproxy: too many connections (2) to this listener: try again later"},
 		{"POP3", serveLocal(t, &pop3Srv.sessions), "+OK", "-ERR [SYS/TEMP] mailproxy: too many connections (2) to this listener: try again later"},
-		{"SMTP", serveSMTP(t, smtpSrv), "220 ", "421 4.7.0 mailproxy: too many connections (2) to this listener: try again later"},
+		{"SMTP", serveLocal(t, smtpSrv), "220 ", "421 4.7.0 mailproxy: too many connections (2) to this listener: try again later"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dial := func() (net.Conn, string) {
@@ -135,7 +135,7 @@ func TestPerAddressCapSparesLoopback(t *testing.T) {
 	if reason := l.admit(remote); !strings.Contains(reason, "too many connections (1) from 192.0.2.7") {
 		t.Fatalf("second connection from one address: %q", reason)
 	}
-	l.release(remote)
+	l.release(&guardedConn{addr: remote})
 	if l.admit(remote) != "" {
 		t.Fatal("a released place is not given again")
 	}
@@ -151,7 +151,7 @@ func TestPerAddressCapSparesLoopback(t *testing.T) {
 func TestSMTPWrongPasswordsAreSlowAndEndTheConnection(t *testing.T) {
 	srv := NewSMTPServer(SMTPOptions{Profiles: []SMTPProfile{{Name: "p", Sender: nopSender{}, Users: []LocalUser{{Username: "joe", Password: "pw"}}}}})
 	srv.failureDelay = 300 * time.Millisecond
-	c := dialSMTP(t, serveSMTP(t, srv))
+	c := dialSMTP(t, serveLocal(t, srv))
 	c.send("EHLO x\r\n")
 	c.until("250 ")
 	for i := range 3 {
@@ -184,7 +184,7 @@ func TestFailedLoginsPerAddressAcrossConnections(t *testing.T) {
 	pop3Srv.failureDelay = 0
 	smtpSrv := NewSMTPServer(SMTPOptions{Profiles: []SMTPProfile{{Name: "p", Sender: nopSender{}, Users: users}}, Limits: limits})
 	smtpSrv.failureDelay = 0
-	imapAddr, pop3Addr, smtpAddr := serveLocal(t, &imapSrv.sessions), serveLocal(t, &pop3Srv.sessions), serveSMTP(t, smtpSrv)
+	imapAddr, pop3Addr, smtpAddr := serveLocal(t, &imapSrv.sessions), serveLocal(t, &pop3Srv.sessions), serveLocal(t, smtpSrv)
 
 	// Three failures, each on a connection of its own, of three protocols.
 	ic := dialIMAP(t, imapAddr)
@@ -277,7 +277,7 @@ func TestSMTPAdvertisesWhatTheREADMESays(t *testing.T) {
 		documented = append(documented, strings.Fields(string(q[1]))[0])
 	}
 	srv := NewSMTPServer(SMTPOptions{Profiles: []SMTPProfile{{Name: "p", Sender: nopSender{}, Users: []LocalUser{{Username: "joe", Password: "pw"}}}}, MaxMessageBytes: 1 << 20})
-	c := dialSMTP(t, serveSMTP(t, srv))
+	c := dialSMTP(t, serveLocal(t, srv))
 	c.send("EHLO x\r\n")
 	var advertised []string
 	for {
@@ -314,20 +314,6 @@ func (h *hangingIMAP) Login(ctx context.Context) (net.Conn, []string, error) {
 	h.started <- struct{}{}
 	<-ctx.Done()
 	return nil, nil, ctx.Err()
-}
-
-func serveSMTP(t *testing.T, s *SMTPServer) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Serve(l)
-	t.Cleanup(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		s.Shutdown(ctx)
-	})
-	return l.Addr().String()
 }
 
 func dialSMTP(t *testing.T, addr string) *client {
@@ -370,5 +356,24 @@ func (c *client) until(prefix string) string {
 		if l := c.line(); strings.HasPrefix(l, prefix) {
 			return l
 		}
+	}
+}
+
+// SMTP's shutdown closes connections between messages at once, greeted or
+// not, so only messages in flight hold it.
+func TestSMTPShutdownDoesNotWaitForQuietConnections(t *testing.T) {
+	s := NewSMTPServer(SMTPOptions{Profiles: []SMTPProfile{{Name: "p", Sender: nopSender{}, Users: []LocalUser{{Username: "joe", Password: "pw"}}}}})
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	go s.Serve(l)
+	dialSMTP(t, l.Addr().String()) // greeted, silent
+	c := dialSMTP(t, l.Addr().String())
+	c.send("EHLO x\r\n") // a session, between messages
+	c.until("250 ")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	start := time.Now()
+	s.Shutdown(ctx)
+	if took := time.Since(start); took > 3*time.Second {
+		t.Fatalf("Shutdown took %v with only quiet connections", took)
 	}
 }

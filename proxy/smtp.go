@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -70,11 +69,11 @@ type SMTPServer struct {
 	implicit     bool
 	failureDelay time.Duration
 
-	mu       sync.Mutex
-	live     map[*smtpSession]struct{}
-	closing  bool
-	shutdown context.Context // ends when Shutdown starts
-	stop     context.CancelFunc
+	mu        sync.Mutex
+	listeners []*guardedListener
+	closing   bool
+	shutdown  context.Context // ends when Shutdown starts
+	stop      context.CancelFunc
 }
 
 // NewSMTPServer builds a server for the given profiles.
@@ -86,7 +85,7 @@ func NewSMTPServer(o SMTPOptions) *SMTPServer {
 		o.Domain = "mailproxy"
 	}
 	o.Observer = observerOr(o.Observer)
-	s := &SMTPServer{o: o, users: NewUsers[*SMTPProfile](), implicit: o.ImplicitTLS, failureDelay: failureDelay, live: map[*smtpSession]struct{}{}}
+	s := &SMTPServer{o: o, users: NewUsers[*SMTPProfile](), implicit: o.ImplicitTLS, failureDelay: failureDelay}
 	s.shutdown, s.stop = context.WithCancel(context.Background())
 	for i := range o.Profiles {
 		p := &o.Profiles[i]
@@ -128,9 +127,13 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 	if s.implicit {
 		implicit = s.o.TLSConfig
 	}
-	l = guard(l, "smtp", limits, func(reason string) string {
+	g := guard(l, "smtp", limits, func(reason string) string {
 		return "421 4.7.0 mailproxy: " + reason + ": try again later"
 	}, implicit, s.o.Logger)
+	s.mu.Lock()
+	s.listeners = append(s.listeners, g)
+	s.mu.Unlock()
+	l = g
 	if s.implicit {
 		l = tls.NewListener(l, s.o.TLSConfig)
 	}
@@ -141,25 +144,20 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 	return err
 }
 
-// Shutdown stops accepting, closes every session that is not in the middle
-// of a message (a MAIL still waiting for its upstream or token is
+// Shutdown stops accepting, closes every connection that is not in the
+// middle of a message (a MAIL still waiting for its upstream or token is
 // abandoned: the app keeps the message), waits for the messages in flight
 // until ctx ends, then closes what is left.
 func (s *SMTPServer) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.closing = true
-	idle := make([]*smtpSession, 0, len(s.live))
-	for ss := range s.live {
-		idle = append(idle, ss)
-	}
+	listeners := s.listeners
 	s.mu.Unlock()
 	s.stop()
 	done := make(chan error, 1)
 	go func() { done <- s.srv.Shutdown(ctx) }()
-	for _, ss := range idle {
-		if !ss.inData.Load() {
-			ss.conn.Close()
-		}
+	for _, g := range listeners {
+		g.closeIdle()
 	}
 	err := <-done
 	if err != nil {
@@ -170,15 +168,12 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 
 // NewSession implements smtp.Backend.
 func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &smtpSession{s: s, conn: c, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String()}
+	ss := &smtpSession{s: s, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String()}
 	ss.life, ss.end = context.WithCancel(context.Background())
 	ss.ctx, ss.cancel = context.WithCancel(ss.life)
 	ss.stopAfter = context.AfterFunc(s.shutdown, ss.cancel)
 	s.mu.Lock()
 	closing := s.closing
-	if !closing {
-		s.live[ss] = struct{}{}
-	}
 	s.mu.Unlock()
 	if closing {
 		return nil, &smtp.SMTPError{Code: 421, EnhancedCode: smtp.EnhancedCode{4, 3, 2}, Message: "mailproxy is shutting down: try again later"}
@@ -190,9 +185,8 @@ func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type smtpSession struct {
-	s    *SMTPServer
-	conn *smtp.Conn
-	gc   *guardedConn // under TLS, if any
+	s  *SMTPServer
+	gc *guardedConn // under TLS, if any
 	// life ends with the session; ctx also when shutdown starts.
 	life      context.Context
 	end       context.CancelFunc
@@ -208,8 +202,6 @@ type smtpSession struct {
 	rcpts     int
 	size      int64
 	relayed   int64 // bytes of the messages the upstream accepted
-	// inData is set while a message streams: shutdown lets it finish.
-	inData atomic.Bool
 }
 
 var _ smtp.AuthSession = (*smtpSession)(nil)
@@ -308,11 +300,12 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	}
 	start := time.Now()
 	cr := &countingReader{r: r}
-	ss.inData.Store(true)
 	// A message in flight may finish during a graceful shutdown: its
-	// context ends only when the session is closed.
+	// connection is left open and its context ends only when the session
+	// is closed.
+	ss.busy(true)
 	err := ss.txn.Data(ss.life, cr)
-	ss.inData.Store(false)
+	ss.busy(false)
 	ss.txn = nil
 	log := ss.s.o.Logger.With("proto", "smtp", "profile", ss.profile.Name, "login", ss.login, "remote", ss.remote,
 		"rcpts", ss.rcpts, "bytes", cr.n, "ms", time.Since(start).Milliseconds())
@@ -350,10 +343,14 @@ func (ss *smtpSession) Logout() error {
 	ss.Reset()
 	ss.stopAfter()
 	ss.end()
-	ss.s.mu.Lock()
-	delete(ss.s.live, ss)
-	ss.s.mu.Unlock()
 	return nil
+}
+
+// busy marks the connection as carrying a message (or not).
+func (ss *smtpSession) busy(b bool) {
+	if ss.gc != nil {
+		ss.gc.busy.Store(b)
+	}
 }
 
 type countingReader struct {

@@ -406,7 +406,8 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 		return
 	}
 	secs := int(s.TTL / time.Second)
-	resp := map[string]any{"token_type": "Bearer", "expires_in": secs, "access_token": s.mint(mailbox, s.TTL), "scope": scope}
+	resp := map[string]any{"token_type": "Bearer", "expires_in": secs, "scope": scope,
+		"access_token": s.mintGrant(Grant{Mailbox: mailbox, ClientID: clientID, Scope: scope}, s.TTL)}
 	if strings.Contains(scope, "offline_access") || !ms || f.Get("grant_type") == "refresh_token" {
 		next := "rt-" + randomString(24)
 		s.refresh[next] = refreshGrant{mailbox: mailbox, clientID: clientID, scope: scope}

@@ -45,6 +45,9 @@ type MicrosoftApp struct {
 	Cert   *x509.Certificate
 	// Mailbox is the mailbox the app's tokens are good for.
 	Mailbox string
+	// Roles are the application permissions granted to the app (for
+	// Graph: Mail.Send, Mail.ReadWrite...); app-only tokens carry them.
+	Roles []string
 }
 
 // ServiceAccount is a Google service account allowed domain-wide delegation
@@ -60,6 +63,9 @@ type Client struct {
 	ID, Secret string
 	// Mailbox is what client-credentials tokens are good for.
 	Mailbox string
+	// Roles are what its client-credentials tokens may do at a resource
+	// server (the Graph double).
+	Roles []string
 }
 
 // Server is the fake issuer. Register identities, then serve it over HTTPS
@@ -109,6 +115,35 @@ type Server struct {
 type issued struct {
 	mailbox string
 	expiry  time.Time
+	grant   Grant
+}
+
+// Grant is what an access token says, as a resource server (the Graph
+// double) reads it from the token's claims.
+type Grant struct {
+	// Mailbox is the user a delegated token is for (app-only: the app's
+	// configured mailbox, which a resource server ignores).
+	Mailbox  string
+	ClientID string
+	// AppOnly marks a client credentials token (Microsoft: no scp, roles).
+	AppOnly bool
+	// Scope is what was asked for (delegated: the scp claim).
+	Scope string
+	// Roles are an app-only token's application permissions.
+	Roles []string
+}
+
+// Lookup reports what token grants, while it is valid.
+func (s *Server) Lookup(token string) (Grant, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t, ok := s.access[token]
+	if !ok || time.Now().After(t.expiry) {
+		return Grant{}, false
+	}
+	g := t.grant
+	g.Mailbox = t.mailbox
+	return g, true
 }
 
 // New returns an empty Server.
@@ -214,8 +249,12 @@ func (s *Server) IssueToken(mailbox string, ttl time.Duration) string {
 }
 
 func (s *Server) mint(mailbox string, ttl time.Duration) string {
+	return s.mintGrant(Grant{Mailbox: mailbox}, ttl)
+}
+
+func (s *Server) mintGrant(g Grant, ttl time.Duration) string {
 	tok := "at-" + randomString(24)
-	s.access[tok] = issued{mailbox: mailbox, expiry: time.Now().Add(ttl)}
+	s.access[tok] = issued{mailbox: g.Mailbox, expiry: time.Now().Add(ttl), grant: g}
 	return tok
 }
 
@@ -447,7 +486,7 @@ func (s *Server) microsoftToken(w http.ResponseWriter, r *http.Request, tenant s
 		return
 	}
 	s.mu.Lock()
-	tok := s.mint(app.Mailbox, s.TTL)
+	tok := s.mintGrant(Grant{Mailbox: app.Mailbox, ClientID: clientID, AppOnly: true, Scope: resource, Roles: app.Roles}, s.TTL)
 	s.mu.Unlock()
 	secs := int(s.TTL / time.Second)
 	writeJSON(w, 200, map[string]any{"token_type": "Bearer", "expires_in": secs, "ext_expires_in": secs, "access_token": tok})
@@ -476,7 +515,7 @@ func (s *Server) genericToken(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		s.mu.Lock()
-		tok := s.mint(c.Mailbox, s.TTL)
+		tok := s.mintGrant(Grant{Mailbox: c.Mailbox, ClientID: clientID, AppOnly: true, Scope: f.Get("scope"), Roles: c.Roles}, s.TTL)
 		s.mu.Unlock()
 		writeJSON(w, 200, map[string]any{"access_token": tok, "token_type": "Bearer", "expires_in": int(s.TTL / time.Second)})
 	case "refresh_token", "authorization_code", "urn:ietf:params:oauth:grant-type:device_code":

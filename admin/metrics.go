@@ -1,6 +1,7 @@
 package admin
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +24,9 @@ type Metrics struct {
 	errors    *prometheus.CounterVec
 	loginTime *prometheus.HistogramVec
 	relayTime *prometheus.HistogramVec
+	graph     *prometheus.CounterVec
+	throttled *prometheus.CounterVec
+	retries   *prometheus.CounterVec
 }
 
 // TokenSource is what the metrics read of a profile's token cache.
@@ -52,7 +56,14 @@ func NewMetrics(caches map[string]TokenSource, store interface{ Unsaved() int })
 		Help: "Time to connect and log in upstream (IMAP, POP3).", Buckets: prometheus.DefBuckets}, []string{"protocol"})
 	m.relayTime = prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "mailproxy_message_relay_seconds",
 		Help: "Time from DATA to the upstream's acceptance.", Buckets: prometheus.DefBuckets}, []string{"profile"})
+	m.graph = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_graph_requests_total",
+		Help: "Microsoft Graph requests by the class of their status (2xx, 4xx, 5xx; none: no answer)."}, []string{"profile", "class"})
+	m.throttled = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_graph_throttled_total",
+		Help: "Microsoft Graph requests answered 429 (throttled)."}, []string{"profile"})
+	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_graph_retries_total",
+		Help: "Microsoft Graph requests tried again, by reason (throttled, unavailable, token)."}, []string{"profile", "reason"})
 	for _, c := range []prometheus.Collector{m.sessions, m.active, m.bytes, m.messages, m.msgBytes, m.errors, m.loginTime, m.relayTime,
+		m.graph, m.throttled, m.retries,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), tokenCollector(caches)} {
 		f(c)
 	}
@@ -94,6 +105,23 @@ func (m *Metrics) Relayed(profile string, n int64, d time.Duration) {
 // Failed implements proxy.Observer.
 func (m *Metrics) Failed(proto, profile string, err error) {
 	m.errors.WithLabelValues(proto, profile, proxy.ErrorClass(err)).Inc()
+}
+
+// GraphRequest implements graph.Observer.
+func (m *Metrics) GraphRequest(profile string, status int) {
+	class := "none"
+	if status > 0 {
+		class = fmt.Sprintf("%dxx", status/100)
+	}
+	m.graph.WithLabelValues(profile, class).Inc()
+	if status == 429 {
+		m.throttled.WithLabelValues(profile).Inc()
+	}
+}
+
+// GraphRetry implements graph.Observer.
+func (m *Metrics) GraphRetry(profile, reason string) {
+	m.retries.WithLabelValues(profile, reason).Inc()
 }
 
 type tokenStates map[string]TokenSource

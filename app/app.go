@@ -25,6 +25,7 @@ import (
 	"mailproxy/proxy"
 	"mailproxy/tokens"
 	"mailproxy/upstream"
+	"mailproxy/upstream/graph"
 )
 
 // Options tune New.
@@ -44,15 +45,18 @@ type App struct {
 	vault *tokens.Vault // nil without token_store
 	// creds are the profiles' token credentials; profiles with equal
 	// credentials share one.
-	creds     map[string]*credential
-	smtp      map[string]*upstream.SMTP
-	imap      map[string]*upstream.IMAP
-	pop3      map[string]*upstream.POP3
-	metrics   *admin.Metrics
-	webhook   *admin.Webhook
-	listeners []*listener
-	admin     *http.Server
-	ready     atomic.Bool
+	creds map[string]*credential
+	smtp  map[string]*upstream.SMTP
+	imap  map[string]*upstream.IMAP
+	pop3  map[string]*upstream.POP3
+	graph map[string]*graphProfile
+	// graphLimiter bounds Graph requests per app and mailbox, process-wide.
+	graphLimiter *graph.Limiter
+	metrics      *admin.Metrics
+	webhook      *admin.Webhook
+	listeners    []*listener
+	admin        *http.Server
+	ready        atomic.Bool
 }
 
 // credential is a token cache and, for a credential a person grants, its
@@ -69,7 +73,8 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 		o.Logger = slog.New(slog.DiscardHandler)
 	}
 	a := &App{cfg: cfg, log: o.Logger, creds: map[string]*credential{},
-		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{}}
+		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{},
+		graph: map[string]*graphProfile{}, graphLimiter: graph.NewLimiter(graph.DefaultConcurrency)}
 	if ts := cfg.TokenStore; ts != nil {
 		key, err := tokens.ParseKey(ts.Key.Value())
 		if err != nil {
@@ -90,11 +95,6 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 	if err := a.buildCredentials(); err != nil {
 		errs = append(errs, err)
 	}
-	for _, name := range cfg.ProfileNames() {
-		if err := a.buildUpstreams(cfg.Profiles[name]); err != nil {
-			errs = append(errs, err)
-		}
-	}
 	sources := map[string]admin.TokenSource{}
 	for name, c := range a.creds {
 		sources[name] = c.cache
@@ -104,6 +104,11 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 		unsaved = a.vault
 	}
 	a.metrics = admin.NewMetrics(sources, unsaved)
+	for _, name := range cfg.ProfileNames() {
+		if err := a.buildUpstreams(cfg.Profiles[name]); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if err := a.buildListeners(); err != nil {
 		errs = append(errs, err)
 	}
@@ -269,6 +274,12 @@ func (a *App) upstreamAuth(p *config.Profile, mech string) upstream.Auth {
 }
 
 func (a *App) buildUpstreams(p *config.Profile) error {
+	if p.Graph != nil {
+		if a.creds[p.Name] == nil {
+			return nil // its credential's problem is reported already
+		}
+		return a.buildGraph(p)
+	}
 	var errs []error
 	if s := p.SMTP; s != nil {
 		u := s.Upstream
@@ -285,10 +296,14 @@ func (a *App) buildUpstreams(p *config.Profile) error {
 			})
 		}
 	}
+	var pop3 *config.Receiving
+	if p.POP3 != nil {
+		pop3 = &p.POP3.Receiving
+	}
 	for _, r := range []struct {
 		proto string
 		rcv   *config.Receiving
-	}{{"imap", p.IMAP}, {"pop3", p.POP3}} {
+	}{{"imap", p.IMAP}, {"pop3", pop3}} {
 		if r.rcv == nil {
 			continue
 		}

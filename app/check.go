@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"mailproxy/proxy"
 	"mailproxy/upstream"
 )
 
@@ -45,6 +46,27 @@ func (a *App) Check(ctx context.Context, name, sendTo string, w io.Writer) bool 
 			return fmt.Sprintf("valid until %s", tok.Expiry.Format(time.RFC3339)), nil
 		})
 	}
+	if gp := a.graph[name]; gp != nil && tokenOK {
+		where := "/users/" + p.Graph.User + " (app-only)"
+		if p.Credentials.Delegated() {
+			where = "/me (" + p.Credentials.Account + ", delegated)"
+		}
+		reached := step("graph", func() (string, error) {
+			f, err := gp.client.Folder(ctx, "inbox")
+			if err != nil {
+				return "", gp.client.Classify(err)
+			}
+			return fmt.Sprintf("%s%s: Inbox has %d message(s)", p.Graph.Endpoint, where, f.Total), nil
+		})
+		if reached && sendTo != "" && gp.sender != nil {
+			step("send", func() (string, error) {
+				if err := sendTestMessage(ctx, graphSender{gp.sender}, p.Mailbox, sendTo, name); err != nil {
+					return "", err
+				}
+				return fmt.Sprintf("test message from %s to %s accepted by Graph (sendMail)", p.Mailbox, sendTo), nil
+			})
+		}
+	}
 	if up := a.smtp[name]; up != nil && tokenOK {
 		u := p.SMTP.Upstream
 		loggedIn := step("smtp", func() (string, error) {
@@ -55,7 +77,7 @@ func (a *App) Check(ctx context.Context, name, sendTo string, w io.Writer) bool 
 		})
 		if loggedIn && sendTo != "" {
 			step("send", func() (string, error) {
-				if err := sendTestMessage(ctx, up, p.Mailbox, sendTo, name); err != nil {
+				if err := sendTestMessage(ctx, smtpSender{up}, p.Mailbox, sendTo, name); err != nil {
 					return "", err
 				}
 				return fmt.Sprintf("test message from %s to %s accepted upstream", p.Mailbox, sendTo), nil
@@ -93,7 +115,7 @@ func loginName(mech string) string {
 	return "AUTH " + strings.ToUpper(mech)
 }
 
-func sendTestMessage(ctx context.Context, up *upstream.SMTP, from, to, profile string) error {
+func sendTestMessage(ctx context.Context, up proxy.Sender, from, to, profile string) error {
 	t, err := up.Begin(ctx, from, nil)
 	if err != nil {
 		return err

@@ -55,11 +55,15 @@ func (a *App) buildListeners() error {
 			}
 			switch ln.Proto {
 			case "smtp":
-				up := a.smtp[name]
-				if up == nil {
+				var sender proxy.Sender
+				if gp := a.graph[name]; gp != nil {
+					sender = graphSender{gp.sender}
+				} else if up := a.smtp[name]; up != nil {
+					sender = smtpSender{up}
+				} else {
 					continue // its problem is reported already
 				}
-				sp := proxy.SMTPProfile{Name: name, Sender: smtpSender{up}}
+				sp := proxy.SMTPProfile{Name: name, Sender: sender}
 				if p.SMTP.LocalAuth == config.LocalAuthPassword {
 					sp.Users = users
 				}
@@ -70,7 +74,9 @@ func (a *App) buildListeners() error {
 					g.imap = append(g.imap, proxy.IMAPProfile{Name: name, Backend: proxy.RelayIMAP{Upstream: up}, Users: users})
 				}
 			case "pop3":
-				if up := a.pop3[name]; up != nil {
+				if gp := a.graph[name]; gp != nil {
+					g.pop3 = append(g.pop3, proxy.POP3Profile{Name: name, Backend: proxy.ServePOP3{Drop: graphDrop{gp.drop}}, Users: users})
+				} else if up := a.pop3[name]; up != nil {
 					g.pop3 = append(g.pop3, proxy.POP3Profile{Name: name, Backend: proxy.RelayPOP3{Upstream: up}, Users: users})
 				}
 			}

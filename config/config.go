@@ -107,9 +107,13 @@ type Profile struct {
 	// from the account that owns the token (credentials.account).
 	Mailbox string `yaml:"mailbox"`
 
+	// Graph makes the profile talk to Microsoft Graph instead of mail
+	// servers: its smtp and pop3 listeners have no upstream.
+	Graph *Graph `yaml:"graph"`
+
 	SMTP *SMTP      `yaml:"smtp"`
 	IMAP *Receiving `yaml:"imap"`
-	POP3 *Receiving `yaml:"pop3"`
+	POP3 *POP3      `yaml:"pop3"`
 
 	// LocalUsers are the logins local apps use. Each has its own password
 	// so one app can be revoked alone.
@@ -201,6 +205,60 @@ type SMTPUpstream struct {
 type Receiving struct {
 	Listener `yaml:",inline"`
 	Upstream Upstream `yaml:"upstream"`
+}
+
+// POP3 is the POP3 side of a profile. On a Graph profile, the maildrop is
+// a Graph mail folder.
+type POP3 struct {
+	Receiving `yaml:",inline"`
+	// Folder is the Graph folder served as the maildrop: a well-known name
+	// (inbox, the default; junkemail, archive, ...) or a folder id.
+	Folder string `yaml:"folder"`
+	// Dele is what a DELE does at QUIT on a Graph profile: move (the
+	// default: to Deleted Items, as Outlook's delete) or delete (to
+	// Recoverable Items, out of the person's view).
+	Dele string `yaml:"dele"`
+}
+
+// receiving is the POP3 section as a Receiving (nil if there is none).
+func (p *POP3) receiving() *Receiving {
+	if p == nil {
+		return nil
+	}
+	return &p.Receiving
+}
+
+// Graph is a Microsoft 365 mailbox reached through Microsoft Graph.
+type Graph struct {
+	// User is the Graph user: its object id (CMO's UserObjectId) or user
+	// principal name (default: the profile's mailbox). App-only tokens use
+	// /users/{user}; delegated ones /me.
+	User string `yaml:"user"`
+	// Endpoint is Graph's base URL (default https://graph.microsoft.com/v1.0;
+	// national clouds and tests change it).
+	Endpoint string `yaml:"endpoint"`
+	// CAFile is a PEM bundle to trust instead of the system roots.
+	CAFile string `yaml:"ca_file"`
+}
+
+// Graph defaults.
+const (
+	DefaultGraphEndpoint = "https://graph.microsoft.com/v1.0"
+	// DefaultGraphScope is what an app-only credential asks for: the
+	// application permissions granted to it (Mail.Send, Mail.ReadWrite).
+	DefaultGraphScope = "https://graph.microsoft.com/.default"
+	// DefaultGraphMaxMessageBytes is Exchange Online's default message
+	// size limit.
+	DefaultGraphMaxMessageBytes = 35 << 20
+	// DeleMove and DeleDelete are pop3.dele's values.
+	DeleMove   = "move"
+	DeleDelete = "delete"
+)
+
+// DefaultGraphDelegatedScopes are what a person grants for Graph mail.
+var DefaultGraphDelegatedScopes = []string{
+	"https://graph.microsoft.com/Mail.ReadWrite", "https://graph.microsoft.com/Mail.Send",
+	"offline_access", "openid", "profile",
 }
 
 // Load reads, resolves and validates the file at path.

@@ -123,7 +123,7 @@ func (c *Credentials) UsesTokens() bool { return c.Type != CredBasic }
 
 // applyProvider fills what the file leaves out from the provider preset,
 // then replaces {tenant} in the URLs.
-func (c *Credentials) applyProvider() {
+func (c *Credentials) applyProvider(graph bool) {
 	set := func(dst *string, v string) {
 		if *dst == "" {
 			*dst = v
@@ -142,6 +142,9 @@ func (c *Credentials) applyProvider() {
 		set(&c.DeviceURL, base+"/{tenant}/oauth2/v2.0/devicecode")
 		if len(c.Scopes) == 0 {
 			c.Scopes = DefaultMicrosoftDelegatedScopes
+			if graph {
+				c.Scopes = DefaultGraphDelegatedScopes
+			}
 		}
 	case ProviderGoogle:
 		// developers.google.com/identity/protocols/oauth2/native-app; Gmail's

@@ -56,10 +56,13 @@ func (c *Config) references() ([]secretAt, []fileAt) {
 			tls(at+".smtp.tls", s.TLS)
 			files = append(files, fileAt{at + ".smtp.upstream.ca_file", s.Upstream.CAFile})
 		}
+		if g := p.Graph; g != nil {
+			files = append(files, fileAt{at + ".graph.ca_file", g.CAFile})
+		}
 		for _, r := range []struct {
 			at  string
 			rcv *Receiving
-		}{{at + ".imap", p.IMAP}, {at + ".pop3", p.POP3}} {
+		}{{at + ".imap", p.IMAP}, {at + ".pop3", p.POP3.receiving()}} {
 			if r.rcv != nil {
 				tls(r.at+".tls", r.rcv.TLS)
 				files = append(files, fileAt{r.at + ".upstream.ca_file", r.rcv.Upstream.CAFile})

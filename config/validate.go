@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"path/filepath"
 	"strings"
 	"time"
@@ -97,6 +98,16 @@ func (c *Config) applyDefaults() {
 	}
 	for _, p := range c.Profiles {
 		cr := &p.Credentials
+		graph := p.Graph != nil
+		if g := p.Graph; g != nil {
+			if g.User == "" {
+				g.User = p.Mailbox
+			}
+			if g.Endpoint == "" {
+				g.Endpoint = DefaultGraphEndpoint
+			}
+			g.Endpoint = strings.TrimRight(g.Endpoint, "/")
+		}
 		switch cr.Type {
 		case CredMicrosoft365:
 			if cr.Authority == "" {
@@ -106,9 +117,15 @@ func (c *Config) applyDefaults() {
 				cr.App = AppConfidential
 			}
 			if len(cr.Scopes) == 0 {
-				cr.Scopes = []string{DefaultMicrosoftScope}
-				if cr.App == AppPublic {
+				switch {
+				case graph && cr.App == AppPublic:
+					cr.Scopes = DefaultGraphDelegatedScopes
+				case graph:
+					cr.Scopes = []string{DefaultGraphScope}
+				case cr.App == AppPublic:
 					cr.Scopes = DefaultMicrosoftDelegatedScopes
+				default:
+					cr.Scopes = []string{DefaultMicrosoftScope}
 				}
 			}
 			if cr.App == AppPublic && cr.RedirectURL == "" {
@@ -122,11 +139,17 @@ func (c *Config) applyDefaults() {
 				cr.Impersonate = p.Mailbox
 			}
 		case CredOAuth2:
-			cr.applyProvider()
+			cr.applyProvider(graph)
 			if cr.Grant == "" {
 				cr.Grant = GrantClientCredentials
 				if cr.RefreshToken.IsSet() || cr.AuthorizeURL != "" || cr.DeviceURL != "" {
 					cr.Grant = GrantRefreshToken
+				}
+			}
+			if graph && len(cr.Scopes) == 0 {
+				cr.Scopes = []string{DefaultGraphScope}
+				if cr.Grant == GrantRefreshToken {
+					cr.Scopes = DefaultGraphDelegatedScopes
 				}
 			}
 			if cr.PKCE == nil {
@@ -157,6 +180,9 @@ func (c *Config) applyDefaults() {
 			}
 			if s.MaxMessageBytes == 0 {
 				s.MaxMessageBytes = DefaultMaxMessageBytes
+				if graph {
+					s.MaxMessageBytes = DefaultGraphMaxMessageBytes
+				}
 			}
 			if s.Upstream.MessagesPerSession == 0 {
 				s.Upstream.MessagesPerSession = DefaultMessagesPerSession
@@ -164,15 +190,28 @@ func (c *Config) applyDefaults() {
 			if s.Upstream.Timeout == 0 {
 				s.Upstream.Timeout = DefaultUpstreamTimeout
 			}
-			s.Upstream.applyDefaults(TLSStartTLS, "plain", basic, smtpPorts)
+			if !graph {
+				s.Upstream.applyDefaults(TLSStartTLS, "plain", basic, smtpPorts)
+			}
 		}
 		if r := p.IMAP; r != nil {
 			r.Listen = withDefaultHost(r.Listen)
-			r.Upstream.applyDefaults(TLSImplicit, "login", basic, imapPorts)
+			if !graph {
+				r.Upstream.applyDefaults(TLSImplicit, "login", basic, imapPorts)
+			}
 		}
 		if r := p.POP3; r != nil {
 			r.Listen = withDefaultHost(r.Listen)
-			r.Upstream.applyDefaults(TLSImplicit, "login", basic, pop3Ports)
+			if graph {
+				if r.Folder == "" {
+					r.Folder = "inbox"
+				}
+				if r.Dele == "" {
+					r.Dele = DeleMove
+				}
+			} else {
+				r.Upstream.applyDefaults(TLSImplicit, "login", basic, pop3Ports)
+			}
 		}
 	}
 }
@@ -357,16 +396,22 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 		ps.add(at+".mailbox", "required: the upstream mailbox address (e.g. crm@contoso.com)")
 	}
 	c.validateCredentials(ps, at+".credentials", p)
+	graph := p.Graph != nil
+	if graph {
+		c.validateGraph(ps, at, p)
+	}
 	needsPasswords := false
 	if s := p.SMTP; s != nil {
 		sa := at + ".smtp"
 		validateListener(ps, sa, s.Listener, s.LocalAuth)
 		needsPasswords = s.LocalAuth == LocalAuthPassword
-		validateUpstream(ps, sa+".upstream", s.Upstream.Upstream, p.Credentials.Type, "smtp.office365.com")
-		if s.Upstream.MessagesPerSession < 1 {
-			ps.add(sa+".upstream.messages_per_session", "must be 1 or more")
+		if !graph {
+			validateUpstream(ps, sa+".upstream", s.Upstream.Upstream, p.Credentials.Type, "smtp.office365.com")
+			if s.Upstream.MessagesPerSession < 1 {
+				ps.add(sa+".upstream.messages_per_session", "must be 1 or more")
+			}
+			durationWithin(ps, sa+".upstream.timeout", s.Upstream.Timeout, 30*time.Minute)
 		}
-		durationWithin(ps, sa+".upstream.timeout", s.Upstream.Timeout, 30*time.Minute)
 		if s.MaxMessageBytes < 0 {
 			ps.add(sa+".max_message_bytes", "must be positive")
 		}
@@ -375,14 +420,19 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 		at  string
 		rcv *Receiving
 		eg  string
-	}{{at + ".imap", p.IMAP, "outlook.office365.com"}, {at + ".pop3", p.POP3, "outlook.office365.com"}} {
+	}{{at + ".imap", p.IMAP, "outlook.office365.com"}, {at + ".pop3", p.POP3.receiving(), "outlook.office365.com"}} {
 		if r.rcv == nil {
 			continue
 		}
 		// An IMAP or POP3 login always names a user: there is no "none".
 		validateListener(ps, r.at, r.rcv.Listener, LocalAuthPassword)
-		validateUpstream(ps, r.at+".upstream", r.rcv.Upstream, p.Credentials.Type, r.eg)
+		if !graph {
+			validateUpstream(ps, r.at+".upstream", r.rcv.Upstream, p.Credentials.Type, r.eg)
+		}
 		needsPasswords = true
+	}
+	if r := p.POP3; r != nil && !graph && (r.Folder != "" || r.Dele != "") {
+		ps.add(at+".pop3", "folder and dele are for profiles with graph: a POP3 upstream has its own maildrop")
 	}
 	if needsPasswords && len(p.LocalUsers) == 0 {
 		ps.add(at+".local_users", "required: add a username and password for each app (local_auth: none exists only for smtp)")
@@ -400,6 +450,51 @@ func (c *Config) validateProfile(ps *problems, p *Profile) {
 		seen[u.Username] = true
 		requireSecret(ps, ua+".password", u.Password)
 	}
+}
+
+// validateGraph checks a profile that talks to Microsoft Graph: no mail
+// server upstreams, Microsoft credentials that give tokens, listeners
+// mailproxy can serve from Graph.
+func (c *Config) validateGraph(ps *problems, at string, p *Profile) {
+	g := p.Graph
+	for _, up := range []string{".smtp.upstream", ".imap.upstream", ".pop3.upstream"} {
+		if _, written := c.lines[at+up]; written {
+			ps.add(at+up, "a profile with graph: talks to Microsoft Graph, not to a mail server: remove upstream, or remove graph")
+		}
+	}
+	if p.IMAP != nil {
+		ps.add(at+".imap", "IMAP over Microsoft Graph is not available in this version: use pop3, or an imap upstream without graph")
+	}
+	u, err := url.Parse(g.Endpoint)
+	switch {
+	case err != nil || u.Host == "":
+		ps.add(at+".graph.endpoint", "%q is not a URL (e.g. %s)", g.Endpoint, DefaultGraphEndpoint)
+	case u.Scheme == "http" && !isLoopbackHost(u.Hostname()):
+		ps.add(at+".graph.endpoint", "%s is not https: Graph is reached over TLS (http only on loopback)", g.Endpoint)
+	case u.Scheme != "https" && u.Scheme != "http":
+		ps.add(at+".graph.endpoint", "%s is not an https URL", g.Endpoint)
+	}
+	switch cr := p.Credentials; {
+	case cr.Type == CredBasic:
+		ps.add(at+".credentials.type", "basic gives no token: Graph takes microsoft365 or oauth2 credentials")
+	case cr.Type == CredGoogleServiceAccount || cr.Provider == ProviderGoogle:
+		ps.add(at+".credentials", "Google credentials give no Microsoft Graph token: use microsoft365 or oauth2 (provider: microsoft)")
+	}
+	if r := p.POP3; r != nil {
+		switch r.Dele {
+		case DeleMove, DeleDelete:
+		default:
+			ps.add(at+".pop3.dele", "%q is not one of move (to Deleted Items), delete", r.Dele)
+		}
+	}
+}
+
+func isLoopbackHost(h string) bool {
+	if h == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
 }
 
 func validateUpstream(ps *problems, at string, u Upstream, credType, example string) {

@@ -51,11 +51,19 @@ type POP3Server struct {
 	sessions
 	o     MailboxOptions
 	users *Users[*POP3Profile]
+	// served: every profile's maildrop is served by mailproxy (Graph), so
+	// CAPA before login may say what it does after.
+	served bool
 }
 
 // NewPOP3Server builds a listener for profiles; the login picks the profile.
 func NewPOP3Server(profiles []POP3Profile, o MailboxOptions) *POP3Server {
-	s := &POP3Server{o: o, users: profileUsers(profiles, func(p *POP3Profile) []LocalUser { return p.Users })}
+	s := &POP3Server{o: o, users: profileUsers(profiles, func(p *POP3Profile) []LocalUser { return p.Users }), served: len(profiles) > 0}
+	for _, p := range profiles {
+		if _, ok := p.Backend.(ServePOP3); !ok {
+			s.served = false
+		}
+	}
 	s.sessions = sessions{proto: "pop3", tls: o.TLSConfig, implicit: o.ImplicitTLS, log: o.Logger, serve: s.serve, idleTimeout: o.IdleTimeout,
 		observer: o.Observer, limits: o.Limits, busy: func(reason string) string { return "-ERR [SYS/TEMP] mailproxy: " + reason + ": try again later" }}
 	s.sessions.init()
@@ -116,6 +124,9 @@ func (ps *pop3Session) handle(ctx context.Context, verb, arg string, act *activi
 		}
 		if !tlsNeeded {
 			caps = append(caps, "USER", "SASL PLAIN")
+		}
+		if ps.s.served {
+			caps = append(caps, "TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING")
 		}
 		return ps.send("%s\r\n.", strings.Join(caps, "\r\n")) != nil
 	case "QUIT":

@@ -33,8 +33,9 @@ const (
 // mailbox mailproxy serves itself plugs in here too.
 type LoggedIn interface {
 	// Serve runs the session on the client's connection until it ends and
-	// returns the bytes moved to the server and to the client.
-	Serve(c Client) (up, down int64)
+	// returns the bytes moved to the server and to the client. ctx ends
+	// when a graceful shutdown has waited long enough.
+	Serve(ctx context.Context, c Client) (up, down int64)
 	// Close ends a session that will not be served (the client left).
 	Close() error
 }
@@ -56,7 +57,7 @@ func (c Client) Touch() { c.act.touch() }
 // relayed is a LoggedIn whose bytes go to an upstream connection.
 type relayed struct{ up net.Conn }
 
-func (r relayed) Serve(c Client) (int64, int64) {
+func (r relayed) Serve(_ context.Context, c Client) (int64, int64) {
 	return relay(c.Conn, r.up, c.Pending, c.IdleTimeout, c.act)
 }
 
@@ -82,9 +83,12 @@ type sessions struct {
 	live      map[net.Conn]*activity
 	closing   bool
 	wg        sync.WaitGroup
-	// ctx ends when shutdown starts: logins under way are abandoned.
-	ctx    context.Context
-	cancel context.CancelFunc
+	// ctx ends when shutdown starts: logins under way are abandoned; hard
+	// ends when it has waited long enough for sessions to finish.
+	ctx       context.Context
+	cancel    context.CancelFunc
+	hard      context.Context
+	cancelAll context.CancelFunc
 }
 
 func (s *sessions) init() {
@@ -100,7 +104,8 @@ func (s *sessions) init() {
 	s.live = map[net.Conn]*activity{}
 	s.observer = observerOr(s.observer)
 	s.failureDelay = failureDelay
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.hard, s.cancelAll = context.WithCancel(context.Background())
+	s.ctx, s.cancel = context.WithCancel(s.hard)
 }
 
 // Serve accepts connections on l until Shutdown.
@@ -191,8 +196,10 @@ func (s *sessions) Shutdown(ctx context.Context) error {
 		s.closeIdle(time.Second)
 		select {
 		case <-done:
+			s.cancelAll()
 			return nil
 		case <-ctx.Done():
+			s.cancelAll()
 			s.closeIdle(0)
 			<-done
 			return ctx.Err()
@@ -213,7 +220,7 @@ func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, li LoggedIn, ac
 	log.Info("logged in upstream", "upstream_ms", time.Since(start).Milliseconds())
 	s.observer.LoggedIn(s.proto, profile, time.Since(start))
 	s.observer.SessionStarted(s.proto, profile)
-	toUp, toLocal := li.Serve(Client{Conn: conn, Pending: pending, IdleTimeout: s.idleTimeout, act: act})
+	toUp, toLocal := li.Serve(s.hard, Client{Conn: conn, Pending: pending, IdleTimeout: s.idleTimeout, act: act})
 	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
 	s.observer.SessionEnded(s.proto, profile, toUp, toLocal)
 }

@@ -140,7 +140,7 @@ func (a Auth) token(ctx context.Context, profile string) (*oauth2.Token, error) 
 	}
 	tok, err := a.Tokens.Token(ctx)
 	if err != nil {
-		return nil, tokenError(profile, err)
+		return nil, TokenError(profile, err)
 	}
 	return tok, nil
 }
@@ -268,8 +268,9 @@ func KindOf(err error) Kind {
 // personNeeded is implemented by token errors that retrying cannot fix.
 type personNeeded interface{ PersonNeeded() bool }
 
-// tokenError wraps a token source's failure for profile.
-func tokenError(profile string, err error) *Error {
+// TokenError wraps a token source's failure for profile: a person is
+// needed when the token error says so, else it is temporary.
+func TokenError(profile string, err error) *Error {
 	kind := Temporary
 	var pn personNeeded
 	if errors.As(err, &pn) && pn.PersonNeeded() {

@@ -21,6 +21,7 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 
+	"mailproxy/fakegraph"
 	"mailproxy/idp"
 	"mailproxy/tokens"
 )
@@ -34,6 +35,11 @@ const (
 	// Mailbox with PersonPassword on the issuer's sign-in page.
 	PublicClientID = "demo-public-app"
 	PersonPassword = "demo"
+	// GraphMailbox is the Microsoft 365 mailbox of the Graph double, sent
+	// from and read with GraphClientID's app-only token.
+	GraphMailbox      = "cmo@contoso.test"
+	GraphClientID     = "demo-graph-app"
+	GraphClientSecret = "demo-graph-secret"
 )
 
 // Env is a running demo: the issuer and the upstreams.
@@ -43,6 +49,9 @@ type Env struct {
 	SMTPAddr string
 	IMAPAddr string
 	POP3Addr string
+	// Graph is the Microsoft Graph double, at GraphURL (…/v1.0).
+	Graph    *fakegraph.Server
+	GraphURL string
 
 	log     *slog.Logger
 	mailbox *mailbox
@@ -66,6 +75,21 @@ func Start(log *slog.Logger) (*Env, error) {
 	e.closers = append(e.closers, func() { hs.Close() })
 	e.TokenURL = "http://" + hl.Addr().String() + "/token"
 	e.IdP.URL = "http://" + hl.Addr().String()
+
+	// Microsoft Graph, for a profile with no SMTP, IMAP or POP3 upstream.
+	e.IdP.AddClient(idp.Client{ID: GraphClientID, Secret: GraphClientSecret, Mailbox: GraphMailbox, Roles: []string{"Mail.Send", "Mail.ReadWrite"}})
+	e.Graph = fakegraph.New(e.IdP)
+	e.Graph.AddMailbox(GraphMailbox, "00000000-0000-4000-8000-00000000c305")
+	gl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.Close()
+		return nil, err
+	}
+	gs := &http.Server{Handler: e.Graph, ReadHeaderTimeout: 10 * time.Second}
+	go gs.Serve(gl)
+	e.closers = append(e.closers, func() { gs.Close() })
+	e.Graph.URL = "http://" + gl.Addr().String()
+	e.GraphURL = e.Graph.URL + "/v1.0"
 
 	if e.mailbox, err = newMailbox(); err != nil {
 		e.Close()
@@ -134,8 +158,10 @@ type Listeners struct{ SMTP, IMAP, POP3, Admin string }
 // Config is a mailproxy configuration that fronts this demo: profile
 // "demo" (an app-only credential) on every protocol; profile "signed-in"
 // (a person signs in on the admin page), sharing the IMAP listener under
-// local user "person"; the admin page, with login localUser and
-// localPassword; and a token store at storePath.
+// local user "person"; profile "m365" (Microsoft Graph, no mail server),
+// sharing the SMTP and POP3 listeners under local user "m365"; the admin
+// page, with login localUser and localPassword; and a token store at
+// storePath.
 func (e *Env) Config(l Listeners, storePath, localUser, localPassword string) string {
 	base := strings.TrimSuffix(e.TokenURL, "/token")
 	return fmt.Sprintf(`token_store: {path: %q, key: %q}
@@ -178,9 +204,22 @@ profiles:
       token_url: %s
       client_id: %s
       client_secret: %s
+  m365:
+    mailbox: %s
+    graph: {endpoint: %q}
+    smtp: {listen: %s}
+    pop3: {listen: %s}
+    local_users:
+      - {name: m365-app, username: m365, password: %q}
+    credentials:
+      type: oauth2
+      token_url: %s
+      client_id: %s
+      client_secret: %s
 `, storePath, tokens.NewKey(), l.Admin, localUser, localPassword,
 		Mailbox, l.IMAP, e.IMAPAddr, localPassword, base, base, PublicClientID,
-		Mailbox, l.SMTP, e.SMTPAddr, l.IMAP, e.IMAPAddr, l.POP3, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret)
+		Mailbox, l.SMTP, e.SMTPAddr, l.IMAP, e.IMAPAddr, l.POP3, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret,
+		GraphMailbox, e.GraphURL, l.SMTP, l.POP3, localPassword, e.TokenURL, GraphClientID, GraphClientSecret)
 }
 
 // session is one upstream SMTP session; it requires AUTH XOAUTH2 and

@@ -24,21 +24,28 @@ func TestDemoRelaysTheCurlLinesItPrints(t *testing.T) {
 	go func() { p.cmd.Wait(); close(p.done) }()
 	defer p.stop()
 	waitListening(t, addr, p)
-	var line string
-	var reads []string
+	var sends, reads []string
 	for _, l := range strings.Split(p.logs.String(), "\n") {
 		switch l = strings.TrimSpace(l); {
 		case strings.Contains(l, "| curl "):
-			line = l
+			sends = append(sends, l)
 		case strings.HasPrefix(l, "curl "):
 			reads = append(reads, l)
 		}
 	}
-	if line == "" || len(reads) != 3 {
-		t.Fatalf("demo did not print a curl line to send and three to read:\n%s", p.logs.String())
+	if len(sends) != 2 || len(reads) != 4 {
+		t.Fatalf("demo did not print two curl lines to send and four to read:\n%s", p.logs.String())
 	}
-	signedIn := reads[2]
+	line := sends[0]
+	signedIn, graphRead := reads[2], reads[3]
 	reads = reads[:2]
+	// Microsoft 365 through Graph: sendMail, then the Graph inbox over POP3.
+	if out, err := exec.Command("bash", "-c", sends[1]).CombinedOutput(); err != nil {
+		t.Fatalf("%s: %v\n%s", sends[1], err, out)
+	}
+	if out, err := exec.Command("bash", "-c", graphRead).CombinedOutput(); err != nil || !bytes.Contains(out, []byte("Hello through Graph")) {
+		t.Fatalf("%s: %v\n%s", graphRead, err, out)
+	}
 	out, err := exec.Command("bash", "-c", line).CombinedOutput()
 	if err != nil {
 		t.Fatalf("%s: %v\n%s", line, err, out)

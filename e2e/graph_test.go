@@ -70,22 +70,26 @@ func graphDouble(t testing.TB) *fakegraph.Server {
 // with the app-only credential; an empty address leaves a protocol out.
 func graphProfile(t testing.TB, name, smtpAddr, pop3Addr, extra string) string {
 	graphDouble(t)
-	y := fmt.Sprintf("  %s:\n    mailbox: %s\n    graph: {user: %s, endpoint: %q, ca_file: %q}\n", name, graphMailbox, graphUserID, graphEnv.url, graphEnv.ca)
+	return graphProfileAs(name, graphMailbox, graphUserID, smtpAddr, pop3Addr, extra, fmt.Sprintf(
+		"      type: microsoft365\n      authority: %s\n      tenant_id: %s\n      client_id: %s\n      client_secret: %s\n",
+		env.idpURL, tenant, graphEnv.appID, graphSecret))
+}
+
+// graphProfileAs is a Graph profile of mailbox (the double's user id
+// user, or "" for the default) with credentials creds.
+func graphProfileAs(name, mailbox, user, smtpAddr, pop3Addr, extra, creds string) string {
+	g := ""
+	if user != "" {
+		g = "user: " + user + ", "
+	}
+	y := fmt.Sprintf("  %s:\n    mailbox: %s\n    graph: {%sendpoint: %q, ca_file: %q}\n", name, mailbox, g, graphEnv.url, graphEnv.ca)
 	if smtpAddr != "" {
 		y += fmt.Sprintf("    smtp: {listen: %s}\n", smtpAddr)
 	}
 	if pop3Addr != "" {
 		y += fmt.Sprintf("    pop3: {listen: %s%s}\n", pop3Addr, extra)
 	}
-	return y + fmt.Sprintf(`    local_users:
-      - {name: cmo, username: %s, password: %q}
-    credentials:
-      type: microsoft365
-      authority: %s
-      tenant_id: %s
-      client_id: %s
-      client_secret: %s
-`, localUser, localPass, env.idpURL, tenant, graphEnv.appID, graphSecret)
+	return y + fmt.Sprintf("    local_users:\n      - {name: cmo, username: %s, password: %q}\n    credentials:\n%s", localUser, localPass, creds)
 }
 
 // delivered is what the double delivered to address that holds marker.

@@ -73,17 +73,6 @@ func NewFileStore(path string, key []byte) (*FileStore, error) {
 	return &FileStore{path: path, aead: aead}, nil
 }
 
-// OpenStore opens the file store at path as a Vault for a one-off command.
-// A wrong key or a damaged file is an error; the file is never overwritten
-// then.
-func OpenStore(path string, key []byte) (*Vault, error) {
-	fs, err := NewFileStore(path, key)
-	if err != nil {
-		return nil, err
-	}
-	return NewVault(context.Background(), fs, VaultOptions{})
-}
-
 func (f *FileStore) String() string { return f.path }
 
 // lockPoll is how often a waiting Lock tries again.

@@ -255,3 +255,12 @@ func putCache(t testing.TB, v *Vault, name string, data []byte) error {
 	}
 	return v.Flush(bg)
 }
+
+// OpenStore opens the file store at path as a one-off command's Vault.
+func OpenStore(path string, key []byte) (*Vault, error) {
+	fs, err := NewFileStore(path, key)
+	if err != nil {
+		return nil, err
+	}
+	return NewVault(context.Background(), fs, VaultOptions{})
+}

@@ -25,14 +25,14 @@ const (
 )
 
 type env struct {
-	t   *testing.T
+	t   testing.TB
 	idp *idp.Server
 	g   *Server
 	srv *httptest.Server
 	app string // Mail.Send + Mail.ReadWrite app-only token
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ip := idp.New()
 	g := New(ip)
@@ -103,7 +103,7 @@ func (r resp) message() string {
 	return out.Error.Message
 }
 
-func (r resp) json(t *testing.T) map[string]any {
+func (r resp) json(t testing.TB) map[string]any {
 	t.Helper()
 	var out map[string]any
 	if err := json.Unmarshal(r.body, &out); err != nil {
@@ -137,6 +137,18 @@ func (e *env) do(method, path, token string, body []byte, hdr ...string) resp {
 	defer res.Body.Close()
 	b, _ := io.ReadAll(res.Body)
 	return resp{res.StatusCode, res.Header, b}
+}
+
+// request is a GET of path with the app's token and Prefer, for calling
+// the handler directly.
+func (e *env) request(path, prefer string) *http.Request {
+	if strings.HasPrefix(path, "/") {
+		path = e.srv.URL + path
+	}
+	req := httptest.NewRequest("GET", path, nil)
+	req.Header.Set("Authorization", "Bearer "+e.app)
+	req.Header.Add("Prefer", prefer)
+	return req
 }
 
 func (e *env) postJSON(path, token string, v any, hdr ...string) resp {
@@ -173,14 +185,14 @@ func msg(body string, headers ...string) []byte {
 	return []byte(strings.Join(headers, "\r\n") + "\r\n\r\n" + body)
 }
 
-func must(t *testing.T, r resp, status int) {
+func must(t testing.TB, r resp, status int) {
 	t.Helper()
 	if r.status != status {
 		t.Fatalf("status %d, want %d: %s", r.status, status, r.body)
 	}
 }
 
-func mustError(t *testing.T, r resp, status int, code string) {
+func mustError(t testing.TB, r resp, status int, code string) {
 	t.Helper()
 	if r.status != status || r.code() != code {
 		t.Fatalf("got %d %q, want %d %q: %s", r.status, r.code(), status, code, r.body)

@@ -8,8 +8,10 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net/http"
 	"net/url"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -47,25 +49,35 @@ type msgInput struct {
 	} `json:"flag"`
 	InternetMessageID *string           `json:"internetMessageId"`
 	Attachments       []attachmentInput `json:"attachments"`
-	Extended          []struct {
-		ID    string `json:"id"`
-		Value string `json:"value"`
-	} `json:"singleValueExtendedProperties"`
+	Extended          []extInput        `json:"singleValueExtendedProperties"`
+	// Read at creation only ([Src] DAV GraphExchangeSession.createMessage
+	// sets the received date of an IMAP APPEND this way).
+	ReceivedDateTime *string `json:"receivedDateTime"`
+	SentDateTime     *string `json:"sentDateTime"`
+}
+
+// extInput is a singleValueLegacyExtendedProperty: the value is a string
+// whatever the type (singlevaluelegacyextendedproperty.md).
+type extInput struct {
+	ID    string `json:"id"`
+	Value string `json:"value"`
 }
 
 // messageProps are the v1.0 message properties and relationships, lower
 // case to canonical (message resource); anything else in a body is 400
 // RequestBodyRead (GRAPH.md 4.1).
-var messageProps = map[string]string{}
+var messageProps = canonicalNames(`id createdDateTime lastModifiedDateTime changeKey categories receivedDateTime
+	sentDateTime hasAttachments internetMessageId internetMessageHeaders subject body uniqueBody bodyPreview importance
+	parentFolderId conversationId conversationIndex isDeliveryReceiptRequested isReadReceiptRequested isRead isDraft
+	webLink inferenceClassification sender from toRecipients ccRecipients bccRecipients replyTo flag attachments
+	extensions singleValueExtendedProperties multiValueExtendedProperties`)
 
-func init() {
-	for _, p := range strings.Fields(`id createdDateTime lastModifiedDateTime changeKey categories receivedDateTime
-		sentDateTime hasAttachments internetMessageId internetMessageHeaders subject body uniqueBody bodyPreview importance
-		parentFolderId conversationId conversationIndex isDeliveryReceiptRequested isReadReceiptRequested isRead isDraft
-		webLink inferenceClassification sender from toRecipients ccRecipients bccRecipients replyTo flag attachments
-		extensions singleValueExtendedProperties multiValueExtendedProperties`) {
-		messageProps[strings.ToLower(p)] = p
+func canonicalNames(names string) map[string]string {
+	out := map[string]string{}
+	for _, p := range strings.Fields(names) {
+		out[strings.ToLower(p)] = p
 	}
+	return out
 }
 
 // draftOnly may change only while the message is a draft (GRAPH.md 4.1;
@@ -146,33 +158,40 @@ func unknownProperty(p string) *apiError {
 
 func (c *call) selection() (*selection, *apiError) {
 	q := c.r.URL.Query()
-	sel := &selection{}
-	if v := q.Get("$select"); v != "" {
-		sel.fields = map[string]bool{}
-		for _, p := range strings.Split(v, ",") {
+	return parseSelection(q.Get("$select"), q.Get("$expand"))
+}
+
+// parseSelection reads $select and $expand (also kept in delta tokens).
+func parseSelection(sel, expand string) (*selection, *apiError) {
+	out := &selection{}
+	if sel != "" {
+		out.fields = map[string]bool{}
+		for _, p := range strings.Split(sel, ",") {
 			p = strings.TrimSpace(p)
 			canon, ok := messageProps[strings.ToLower(p)]
 			if !ok {
 				return nil, unknownProperty(p)
 			}
-			sel.fields[canon] = true
+			out.fields[canon] = true
 		}
 	}
-	for _, x := range splitTop(q.Get("$expand")) {
+	for _, x := range splitTop(expand) {
 		lx := strings.ToLower(x)
 		switch {
 		case strings.HasPrefix(lx, "singlevalueextendedproperties"):
-			// $expand=singleValueExtendedProperties($filter=id eq 'Integer 0x0E08') (GRAPH.md 2.5)
+			// $expand=singleValueExtendedProperties($filter=id eq 'Integer 0x0E08')
+			// (GRAPH.md 2.5); several ids joined by "or" (DAV
+			// GraphRequestBuilder) are each collected.
 			for _, m := range quoted.FindAllStringSubmatch(x, -1) {
-				sel.ext = append(sel.ext, m[1])
+				out.ext = append(out.ext, m[1])
 			}
 		case lx == "attachments":
-			sel.attachments = true
+			out.attachments = true
 		default:
 			return nil, unknownProperty(x)
 		}
 	}
-	return sel, nil
+	return out, nil
 }
 
 // splitTop splits at commas outside parentheses.
@@ -198,16 +217,24 @@ func splitTop(s string) []string {
 	return out
 }
 
-// extValue answers the MAPI properties the double knows.
+// Integer MAPI properties the double computes rather than stores.
+const (
+	tagMessageFlags  = 0x0E07 // PR_MESSAGE_FLAGS
+	tagMessageSize   = 0x0E08 // PidTagMessageSize
+	tagArticleNumber = 0x0E23 // PidTagInternetArticleNumber
+	tagFlagStatus    = 0x1090 // PidTagFlagStatus
+)
+
+// extValue answers the MAPI properties the double computes.
 func (m *message) extValue(tag uint64) (string, bool) {
 	switch tag {
-	case 0x0E08:
+	case tagMessageSize:
 		// PidTagMessageSize (GRAPH.md 2.5: Graph has no size property).
 		// Exchange's PR_MESSAGE_SIZE is the size in the store, not the
 		// MIME's octets: close to, not equal to, what $value returns. The
 		// double says the MIME's length plus a fixed store overhead of 512.
-		return strconv.Itoa(len(m.render(true)) + 512), true
-	case 0x0E07:
+		return strconv.Itoa(m.renderedSize() + 512), true
+	case tagMessageFlags:
 		// PR_MESSAGE_FLAGS: MSGFLAG_READ 0x1, MSGFLAG_UNSENT 0x8,
 		// MSGFLAG_HASATTACH 0x10 (PROTOCOLS.md §3.6).
 		f := 0
@@ -221,12 +248,47 @@ func (m *message) extValue(tag uint64) (string, bool) {
 			f |= 0x10
 		}
 		return strconv.Itoa(f), true
-	case 0x0E23:
+	case tagArticleNumber:
 		// PidTagInternetArticleNumber: the IMAP UID source DAV uses
 		// (PROTOCOLS.md §3.9); [Rec] a new number on every entry into a folder.
 		return strconv.FormatInt(m.article, 10), true
+	case tagFlagStatus:
+		// PidTagFlagStatus, the MAPI side of flag.flagStatus ([MS-OXOFLAG]
+		// 2.2.1.1: 1 followupComplete, 2 followupFlagged, absent when not
+		// flagged; DAV GraphField "flagStatus").
+		switch m.flag {
+		case "complete":
+			return "1", true
+		case "flagged":
+			return "2", true
+		}
 	}
 	return "", false
+}
+
+// extProperty is the extended property id of m: computed, or stored by
+// PATCH or a JSON create; Graph answers with its own spelling of the id
+// ("Integer 0xe08").
+func (m *message) extProperty(id string) (extProp, bool) {
+	canon, tag, isInteger := extKey(id)
+	if isInteger {
+		switch tag {
+		case tagMessageSize, tagMessageFlags, tagArticleNumber, tagFlagStatus:
+			v, ok := m.extValue(tag)
+			return extProp{canon, v}, ok
+		}
+	}
+	p, ok := m.ext[strings.ToLower(canon)]
+	return p, ok
+}
+
+// renderedSize is len(m.render(true)) without rendering when nothing is
+// folded in.
+func (m *message) renderedSize() int {
+	if len(m.attachments) == 0 {
+		return len(m.mime)
+	}
+	return len(m.render(true))
 }
 
 func (c *call) messageJSON(m *message, sel *selection) map[string]any {
@@ -242,37 +304,40 @@ func (c *call) messageJSON(m *message, sel *selection) map[string]any {
 	if want("body") || want("bodyPreview") {
 		ct, content = textBody(m.render(true))
 	}
-	props := map[string]func() any{
-		"createdDateTime":            func() any { return ts(m.created) },
-		"lastModifiedDateTime":       func() any { return ts(m.modified) },
-		"changeKey":                  func() any { return m.changeKey() },
-		"categories":                 func() any { return append([]string{}, m.categories...) },
-		"receivedDateTime":           func() any { return ts(m.received) },
-		"sentDateTime":               func() any { return ifNotDraft(m, ts(m.sent)) },
-		"hasAttachments":             func() any { return m.hasAttachments() },
-		"internetMessageId":          func() any { return emptyNil(m.msgID) },
-		"subject":                    func() any { return m.subject },
-		"bodyPreview":                func() any { return preview(ct, content) },
-		"importance":                 func() any { return m.importance },
-		"parentFolderId":             func() any { return m.box.folders[m.folder].id },
-		"conversationId":             func() any { return m.conversationID() },
-		"isDeliveryReceiptRequested": func() any { return m.deliveryRequested },
-		"isReadReceiptRequested":     func() any { return m.receiptRequested },
-		"isRead":                     func() any { return m.isRead },
-		"isDraft":                    func() any { return m.isDraft },
-		"inferenceClassification":    func() any { return m.inference },
-		"body":                       func() any { return itemBody{ct, content} },
-		"sender":                     func() any { return addr(m.from) },
-		"from":                       func() any { return addr(m.from) },
-		"toRecipients":               func() any { return toJSONRecipients(m.to) },
-		"ccRecipients":               func() any { return toJSONRecipients(m.cc) },
-		"bccRecipients":              func() any { return toJSONRecipients(m.bcc) },
-		"replyTo":                    func() any { return toJSONRecipients(m.replyTo) },
-		"flag":                       func() any { return map[string]any{"flagStatus": m.flag} },
+	props := []struct {
+		name  string
+		value func() any
+	}{
+		{"createdDateTime", func() any { return ts(m.created) }},
+		{"lastModifiedDateTime", func() any { return ts(m.modified) }},
+		{"changeKey", func() any { return m.changeKey() }},
+		{"categories", func() any { return append([]string{}, m.categories...) }},
+		{"receivedDateTime", func() any { return ts(m.received) }},
+		{"sentDateTime", func() any { return ifNotDraft(m, ts(m.sent)) }},
+		{"hasAttachments", func() any { return m.hasAttachments() }},
+		{"internetMessageId", func() any { return emptyNil(m.msgID) }},
+		{"subject", func() any { return m.subject }},
+		{"bodyPreview", func() any { return preview(ct, content) }},
+		{"importance", func() any { return m.importance }},
+		{"parentFolderId", func() any { return m.folder.id }},
+		{"conversationId", func() any { return m.conversationID() }},
+		{"isDeliveryReceiptRequested", func() any { return m.deliveryRequested }},
+		{"isReadReceiptRequested", func() any { return m.receiptRequested }},
+		{"isRead", func() any { return m.isRead }},
+		{"isDraft", func() any { return m.isDraft }},
+		{"inferenceClassification", func() any { return m.inference }},
+		{"body", func() any { return itemBody{ct, content} }},
+		{"sender", func() any { return addr(m.from) }},
+		{"from", func() any { return addr(m.from) }},
+		{"toRecipients", func() any { return toJSONRecipients(m.to) }},
+		{"ccRecipients", func() any { return toJSONRecipients(m.cc) }},
+		{"bccRecipients", func() any { return toJSONRecipients(m.bcc) }},
+		{"replyTo", func() any { return toJSONRecipients(m.replyTo) }},
+		{"flag", func() any { return map[string]any{"flagStatus": m.flag} }},
 	}
-	for p, f := range props {
-		if want(p) {
-			out[p] = f()
+	for _, p := range props {
+		if want(p.name) {
+			out[p.name] = p.value()
 		}
 	}
 	if sel != nil && sel.fields != nil {
@@ -285,14 +350,8 @@ func (c *call) messageJSON(m *message, sel *selection) map[string]any {
 	if sel != nil && len(sel.ext) > 0 {
 		var ext []map[string]string
 		for _, id := range sel.ext {
-			typ, hex, _ := strings.Cut(strings.TrimSpace(id), " ")
-			tag, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(hex), "0x"), 16, 32)
-			if err != nil || !strings.EqualFold(typ, "Integer") {
-				continue
-			}
-			if v, ok := m.extValue(tag); ok {
-				// Graph answers with its own spelling: "Integer 0xe08".
-				ext = append(ext, map[string]string{"id": fmt.Sprintf("Integer 0x%x", tag), "value": v})
+			if p, ok := m.extProperty(id); ok {
+				ext = append(ext, map[string]string{"id": p.id, "value": p.value})
 			}
 		}
 		if ext != nil {
@@ -348,7 +407,7 @@ func (c *call) message() (*message, *apiError) {
 		if e != nil {
 			return nil, e
 		}
-		if m.folder != f.name {
+		if m.folder != f {
 			return nil, errNotFound()
 		}
 	}
@@ -370,19 +429,25 @@ func (c *call) getMessage() reply {
 }
 
 // getValue is the MIME: 200, Content-Type text/plain (GRAPH.md 2.6,
-// outlook-get-mime-message.md).
+// outlook-get-mime-message.md). After BreakValue the connection is cut
+// partway through it.
 func (c *call) getValue() reply {
 	m, e := c.message()
 	if e != nil {
 		return fail(e)
 	}
-	return reply{status: 200, raw: m.render(true), ctype: "text/plain"}
+	c.s.values.Add(1)
+	rp := reply{status: 200, raw: m.render(true), ctype: "text/plain"}
+	if c.s.breakValue {
+		rp.cut, rp.cutAfter = true, c.s.breakAfter
+	}
+	return rp
 }
 
-// page reads $top (the page size, 1–1000, default 10), $skip and
-// Prefer: odata.maxpagesize, and builds @odata.nextLink with $skip
-// (GRAPH.md 2.1, 2.3, 2.4).
-func (c *call) page(total int) (start, end int, next, applied string, e *apiError) {
+// pageSize reads $top (1–1000, default 10) and Prefer: odata.maxpagesize
+// (capped at 1000), the smaller winning; applied is the preference as
+// applied (GRAPH.md 2.1, 2.3, 2.4).
+func (c *call) pageSize() (size int, applied string, e *apiError) {
 	q := c.r.URL.Query()
 	size, top := 10, false
 	if q.Has("$top") {
@@ -390,22 +455,44 @@ func (c *call) page(total int) (start, end int, next, applied string, e *apiErro
 		n, err := strconv.Atoi(v)
 		if err != nil || n < 1 || n > 1000 {
 			// GRAPH.md 2.3 (laravel-microsoft-graph#90); [Rec] > 1000 alike.
-			return 0, 0, "", "", newError(400, "BadRequest", "Invalid value '"+v+"' for $top query option found. The $top query option requires a non-negative integer value.")
+			return 0, "", badTop(v)
 		}
 		size, top = n, true
 	}
-	for _, p := range preferences(c.r) {
+	if n, ok := maxPageSize(c.r); ok {
+		if !top || n < size {
+			size = n
+		}
+		applied = "odata.maxpagesize=" + strconv.Itoa(n)
+	}
+	return size, applied, nil
+}
+
+func badTop(v string) *apiError {
+	return newError(400, "BadRequest", "Invalid value '"+v+"' for $top query option found. The $top query option requires a non-negative integer value.")
+}
+
+// maxPageSize is Prefer: odata.maxpagesize=N, [Rec] capped at 1000.
+func maxPageSize(r *http.Request) (int, bool) {
+	for _, p := range preferences(r) {
 		k, v, _ := strings.Cut(p, "=")
 		if !strings.EqualFold(strings.TrimSpace(k), "odata.maxpagesize") {
 			continue
 		}
 		if n, err := strconv.Atoi(strings.Trim(strings.TrimSpace(v), `"`)); err == nil && n >= 1 {
-			n = min(n, 1000)
-			if !top || n < size {
-				size = n
-			}
-			applied = "odata.maxpagesize=" + strconv.Itoa(n)
+			return min(n, 1000), true
 		}
+	}
+	return 0, false
+}
+
+// page reads the page size and $skip, and builds @odata.nextLink with
+// $skip (GRAPH.md 2.1, 2.3, 2.4).
+func (c *call) page(total int) (start, end int, next, applied string, e *apiError) {
+	q := c.r.URL.Query()
+	size, applied, e := c.pageSize()
+	if e != nil {
+		return 0, 0, "", "", e
 	}
 	skip := 0
 	if q.Has("$skip") {
@@ -442,24 +529,28 @@ func (c *call) collection(ctx string, values []any, total int, next, applied str
 }
 
 // listMessages is GET {u}/messages or {u}/mailFolders/{f}/messages
-// (user-list-messages.md).
+// (user-list-messages.md), with $search (search.go).
 func (c *call) listMessages() reply {
 	q := c.r.URL.Query()
-	name, ctx := "", "messages"
+	var f *folder
+	ctx := "messages"
 	if c.folderRef != "" {
-		f, e := c.box.resolveFolder(c.folderRef)
-		if e != nil {
+		var e *apiError
+		if f, e = c.box.resolveFolder(c.folderRef); e != nil {
 			return fail(e)
 		}
-		name, ctx = f.name, "mailFolders('"+c.folderRef+"')/messages"
-	}
-	if q.Has("$filter") || q.Has("$search") {
-		// [Rec] rather than answer unfiltered.
-		return fail(newError(501, "NotImplemented", "The Graph double does not implement $filter or $search."))
+		ctx = "mailFolders('" + c.folderRef + "')/messages"
 	}
 	sel, e := c.selection()
 	if e != nil {
 		return fail(e)
+	}
+	if q.Has("$search") {
+		return c.searchMessages(f, ctx, sel)
+	}
+	if q.Has("$filter") {
+		// [Rec] rather than answer unfiltered.
+		return fail(newError(501, "NotImplemented", "The Graph double does not implement $filter on message lists."))
 	}
 	// GRAPH.md 2.7: the default order is undocumented; [Rec] newest first,
 	// as Outlook shows it.
@@ -472,11 +563,9 @@ func (c *call) listMessages() reply {
 		}
 		desc = len(ob) > 1 && strings.EqualFold(ob[1], "desc")
 	}
-	msgs := c.box.inFolder(name)
+	msgs := c.box.inFolder(f)
 	if desc {
-		for i, j := 0, len(msgs)-1; i < j; i, j = i+1, j-1 {
-			msgs[i], msgs[j] = msgs[j], msgs[i]
-		}
+		slices.Reverse(msgs)
 	}
 	start, end, next, applied, e := c.page(len(msgs))
 	if e != nil {
@@ -487,56 +576,6 @@ func (c *call) listMessages() reply {
 		values = append(values, c.messageJSON(m, sel))
 	}
 	return c.collection(ctx, values, len(msgs), next, applied)
-}
-
-// folderJSON has the v1.0 mailFolder properties (GRAPH.md 3.2).
-func (c *call) folderJSON(f *folder) map[string]any {
-	children, unread, total := 0, 0, 0
-	for _, g := range c.box.folders {
-		if g.parent == f.id {
-			children++
-		}
-	}
-	for _, m := range c.box.msgs {
-		if m.folder == f.name {
-			total++
-			if !m.isRead {
-				unread++
-			}
-		}
-	}
-	return map[string]any{"id": f.id, "displayName": f.display, "parentFolderId": f.parent,
-		"childFolderCount": children, "unreadItemCount": unread, "totalItemCount": total, "isHidden": false}
-}
-
-func (c *call) getFolder() reply {
-	f, e := c.box.resolveFolder(c.folderRef)
-	if e != nil {
-		return fail(e)
-	}
-	out := c.folderJSON(f)
-	out["@odata.context"] = c.context("mailFolders/$entity")
-	return reply{status: 200, body: out}
-}
-
-// listFolders is the root's children only, paged (GRAPH.md 3.1).
-func (c *call) listFolders() reply {
-	root := c.box.folders["msgfolderroot"]
-	var fs []*folder
-	for _, wk := range wellKnown {
-		if f := c.box.folders[wk.name]; f.parent == root.id {
-			fs = append(fs, f)
-		}
-	}
-	start, end, next, applied, e := c.page(len(fs))
-	if e != nil {
-		return fail(e)
-	}
-	values := []any{}
-	for _, f := range fs[start:end] {
-		values = append(values, c.folderJSON(f))
-	}
-	return c.collection("mailFolders", values, len(fs), next, applied)
 }
 
 // getUser is GET {u}, which needs User.Read* (GRAPH.md 8.5).

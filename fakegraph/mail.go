@@ -4,8 +4,10 @@ package fakegraph
 
 import (
 	"encoding/json"
+	"maps"
 	"strconv"
 	"strings"
+	"time"
 )
 
 // sendMail is POST {u}/sendMail: text/plain base64 MIME or the JSON form;
@@ -77,6 +79,9 @@ func (c *call) messageInput(b []byte) (*msgInput, *apiError) {
 	if e := validEnums(in); e != nil {
 		return nil, e
 	}
+	if e := checkExtended(in.Extended); e != nil {
+		return nil, e
+	}
 	return in, nil
 }
 
@@ -143,7 +148,7 @@ func (c *call) submit(raw []byte, save bool) reply {
 	c.s.deliver(raw, rcpts)
 	if save {
 		// The Sent Items copy keeps its Bcc header (GRAPH.md 1.4 [Rec]).
-		m := c.s.newMessage(c.box, "sentitems", raw)
+		m := c.s.newMessage(c.box.wellKnown["sentitems"], raw, time.Time{})
 		m.isRead = true
 	}
 	return reply{status: 202}
@@ -167,7 +172,7 @@ func (s *Server) deliver(raw []byte, rcpts []string) {
 	for _, a := range rcpts {
 		d := Message{MIME: append([]byte(nil), raw...), From: from, To: addrsOf(to), Cc: addrsOf(cc), Received: s.now()}
 		if b := s.boxes[a]; b != nil && b.address == a {
-			m := s.newMessage(b, "inbox", raw)
+			m := s.newMessage(b.wellKnown["inbox"], raw, time.Time{})
 			d.ID, d.Received = m.immID, m.received
 		}
 		s.delivered[a] = append(s.delivered[a], d)
@@ -177,7 +182,7 @@ func (s *Server) deliver(raw []byte, rcpts []string) {
 // createMessage is POST {u}/messages or {u}/mailFolders/{f}/messages →
 // 201 + the message, a draft (user-post-messages.md; GRAPH.md 4.4).
 func (c *call) createMessage() reply {
-	f := c.box.folders["drafts"]
+	f := c.box.wellKnown["drafts"]
 	if c.folderRef != "" {
 		var e *apiError
 		if f, e = c.box.resolveFolder(c.folderRef); e != nil {
@@ -194,7 +199,7 @@ func (c *call) createMessage() reply {
 		}
 		// The recipient properties come from the headers (GRAPH.md 4.4);
 		// the MIME is stored as given.
-		m = c.s.newMessage(c.box, f.name, raw)
+		m = c.s.newMessage(f, raw, time.Time{})
 		m.isDraft, m.isRead = true, true
 	case "application/json", "":
 		if len(strings.TrimSpace(string(c.body))) == 0 {
@@ -208,31 +213,107 @@ func (c *call) createMessage() reply {
 		if e != nil {
 			return fail(e)
 		}
+		received, e := dateInput("receivedDateTime", in.ReceivedDateTime)
+		if e != nil {
+			return fail(e)
+		}
+		sent, e := dateInput("sentDateTime", in.SentDateTime)
+		if e != nil {
+			return fail(e)
+		}
 		from := recipient{Address: c.box.address}
 		if in.From != nil {
 			from = recipient{Name: in.From.EmailAddress.Name, Address: in.From.EmailAddress.Address}
 		}
-		m = c.s.newMessage(c.box, f.name, jsonMIME(in, from, c.s.now()))
+		date := sent // [Rec] Exchange renders the Date header from sentDateTime
+		if date.IsZero() {
+			date = c.s.now()
+		}
+		// [Src] DAV GraphExchangeSession.createMessage/applyMessageProperties
+		// give an APPENDed message its received date in receivedDateTime.
+		m = c.s.newMessage(f, jsonMIME(in, from, date), received)
+		if !sent.IsZero() {
+			m.sent = sent
+		}
 		m.isDraft, m.isRead = true, true
 		for _, a := range as {
 			m.attachments = append(m.attachments, &attachment{id: c.box.newAttachmentID(), modified: m.created, Attachment: a})
 		}
+		setExtended(m, in.Extended, true)
+		// [Rec] An explicit isRead wins over PR_MESSAGE_FLAGS' read bit:
+		// DAV sends both, the flags without the read bit, for a \Seen
+		// APPEND.
 		applyAnyTime(m, in)
-		// GRAPH.md 4.4: PR_MESSAGE_FLAGS (Integer 0x0E07) at creation sets
-		// isDraft (no MSGFLAG_UNSENT 0x8) and the read state (0x1).
-		for _, p := range in.Extended {
-			if strings.EqualFold(strings.Join(strings.Fields(p.ID), " "), "Integer 0x0E07") {
-				if v, err := strconv.Atoi(p.Value); err == nil {
-					m.isDraft, m.isRead = v&8 != 0, v&1 != 0
-				}
-			}
-		}
 	default:
 		return fail(unsupportedType())
 	}
 	out := c.messageJSON(m, nil)
 	out["@odata.context"] = c.context("messages/$entity")
 	return reply{status: 201, body: out}
+}
+
+// dateInput reads a DateTimeOffset property; nil is the zero time.
+func dateInput(name string, v *string) (time.Time, *apiError) {
+	if v == nil || *v == "" {
+		return time.Time{}, nil
+	}
+	t, err := time.Parse(time.RFC3339Nano, *v)
+	if err != nil {
+		// [Rec] OData's answer to a malformed Edm.DateTimeOffset.
+		return time.Time{}, newError(400, "RequestBodyRead", "Cannot convert the literal '"+*v+"' to the expected type 'Edm.DateTimeOffset' of '"+name+"'.")
+	}
+	return t.UTC(), nil
+}
+
+// setExtended applies singleValueExtendedProperties from a JSON create
+// (creating) or a PATCH. PR_MESSAGE_FLAGS (0x0E07) sets isDraft (no
+// MSGFLAG_UNSENT 0x8) and the read state (0x1) at creation only (GRAPH.md
+// 4.4); PidTagFlagStatus (0x1090) is the flag ([MS-OXOFLAG] 2.2.1.1);
+// the size and article number are the store's own ([Rec] ignored);
+// anything else, e.g. PidTagLastVerbExecuted 0x1081 (102 reply, 103 reply
+// all, 104 forward: DAV GraphField "lastVerbExecuted", its \Answered), is
+// stored as given and answered when $expand asks for it.
+func setExtended(m *message, props []extInput, creating bool) {
+	for _, p := range props {
+		canon, tag, isInteger := extKey(p.ID)
+		if isInteger {
+			n, _ := strconv.ParseInt(strings.TrimSpace(p.Value), 10, 32) // checkExtended read it
+			switch tag {
+			case tagMessageFlags:
+				if creating {
+					m.isDraft, m.isRead = n&8 != 0, n&1 != 0
+				}
+				continue
+			case tagFlagStatus:
+				m.flag = map[int64]string{1: "complete", 2: "flagged"}[n]
+				if m.flag == "" {
+					m.flag = "notFlagged"
+				}
+				continue
+			case tagMessageSize, tagArticleNumber:
+				continue
+			}
+		}
+		if m.ext == nil {
+			m.ext = map[string]extProp{}
+		}
+		m.ext[strings.ToLower(canon)] = extProp{canon, p.Value}
+	}
+}
+
+// checkExtended refuses what setExtended cannot store: an empty id, or an
+// Integer property whose value is no 32-bit integer ([Rec] EWS's codes).
+func checkExtended(props []extInput) *apiError {
+	for _, p := range props {
+		canon, _, isInteger := extKey(p.ID)
+		if canon == "" {
+			return newError(400, "ErrorInvalidExtendedProperty", "An extended property id is empty.")
+		}
+		if _, err := strconv.ParseInt(strings.TrimSpace(p.Value), 10, 32); isInteger && err != nil {
+			return newError(400, "ErrorInvalidExtendedPropertyValue", "The value '"+p.Value+"' is not valid for the extended property '"+p.ID+"'.")
+		}
+	}
+	return nil
 }
 
 // sendDraft is POST {u}/messages/{id}/send → 202 (message-send.md). The
@@ -283,9 +364,9 @@ func (c *call) sendDraft() reply {
 	now := c.s.now()
 	m.mime = stamp(join(h, body), c.box.address, now)
 	m.fromHeaders()
-	m.isDraft, m.isRead, m.sent, m.received = false, true, now, now
+	m.isDraft, m.isRead, m.sent = false, true, now
 	c.s.deliver(m.render(true), rcpts) // deliver drops the Bcc header
-	c.s.move(m, "sentitems")
+	c.s.moveAt(m, c.box.wellKnown["sentitems"], now)
 	return reply{status: 202}
 }
 
@@ -311,7 +392,7 @@ func (c *call) moveMessage() reply {
 	if e != nil {
 		return fail(e)
 	}
-	c.s.move(m, f.name)
+	c.s.move(m, f)
 	out := c.messageJSON(m, nil)
 	out["@odata.context"] = c.context("messages/$entity")
 	return reply{status: 201, body: out}
@@ -328,10 +409,11 @@ func (c *call) copyMessage() reply {
 	if e != nil {
 		return fail(e)
 	}
-	n := c.s.newMessage(c.box, f.name, m.mime)
+	n := c.s.newMessage(f, m.mime, m.received)
 	n.isDraft, n.isRead, n.flag, n.importance = m.isDraft, m.isRead, m.flag, m.importance
 	n.categories = append([]string(nil), m.categories...)
-	n.received, n.sent = m.received, m.sent
+	n.sent = m.sent
+	n.ext = maps.Clone(m.ext) // [Rec] a copy keeps the extended properties set on the original
 	for _, a := range m.attachments {
 		cp := *a
 		cp.id = c.box.newAttachmentID()
@@ -350,10 +432,10 @@ func (c *call) deleteMessage() reply {
 	if e != nil {
 		return fail(e)
 	}
-	if m.folder == "recoverableitemsdeletions" {
+	if m.folder.wellKnown == "recoverableitemsdeletions" {
 		c.s.remove(m)
 	} else {
-		c.s.move(m, "recoverableitemsdeletions")
+		c.s.move(m, c.box.wellKnown["recoverableitemsdeletions"])
 	}
 	return reply{status: 204}
 }
@@ -384,6 +466,9 @@ func (c *call) patchMessage() reply {
 		}
 	}
 	if e := validEnums(&in); e != nil {
+		return fail(e)
+	}
+	if e := checkExtended(in.Extended); e != nil {
 		return fail(e)
 	}
 	// Draft content goes into the MIME, which Exchange renders from the
@@ -424,6 +509,9 @@ func (c *call) patchMessage() reply {
 		m.mime = msg
 		m.fromHeaders()
 	}
+	// Extended properties may change on any message (PROTOCOLS.md §3.4);
+	// receivedDateTime and sentDateTime are read-only here ([Rec] ignored).
+	setExtended(m, in.Extended, false)
 	applyAnyTime(m, &in)
 	m.touch(c.s)
 	return reply{status: 200, body: c.messageJSON(m, nil)}

@@ -401,7 +401,13 @@ func replaceBody(msg []byte, contentType, content string) []byte {
 func textBody(msg []byte) (string, string) {
 	h, body := splitMessage(msg)
 	var html, plain *string
-	walkText(h, body, 0, &html, &plain)
+	walkText(h, body, 0, func(mt, text string) {
+		if mt == "text/html" && html == nil {
+			html = &text
+		} else if mt == "text/plain" && plain == nil {
+			plain = &text
+		}
+	})
 	switch {
 	case html != nil:
 		return "html", *html
@@ -411,7 +417,9 @@ func textBody(msg []byte) (string, string) {
 	return "text", ""
 }
 
-func walkText(h rawHeader, body []byte, depth int, html, plain **string) {
+// walkText calls fn with the decoded text of every text/plain and
+// text/html part that is not an attachment.
+func walkText(h rawHeader, body []byte, depth int, fn func(mt, text string)) {
 	mt, params, err := mime.ParseMediaType(h.get("Content-Type"))
 	if err != nil || h.get("Content-Type") == "" {
 		mt, params = "text/plain", map[string]string{}
@@ -423,7 +431,7 @@ func walkText(h rawHeader, body []byte, depth int, html, plain **string) {
 		mp, _ := splitMultipart(body, params["boundary"])
 		for _, p := range mp.parts {
 			ph, pb := splitMessage(p)
-			walkText(ph, pb, depth+1, html, plain)
+			walkText(ph, pb, depth+1, fn)
 		}
 		return
 	}
@@ -438,12 +446,7 @@ func walkText(h rawHeader, body []byte, depth int, html, plain **string) {
 		}
 		text = []byte(string(rs))
 	}
-	s := string(text)
-	if mt == "text/html" && *html == nil {
-		*html = &s
-	} else if mt == "text/plain" && *plain == nil {
-		*plain = &s
-	}
+	fn(mt, string(text))
 }
 
 func decodeCTE(cte string, body []byte) []byte {
@@ -462,12 +465,18 @@ func decodeCTE(cte string, body []byte) []byte {
 
 var tags = regexp.MustCompile(`(?s)<style.*?</style>|<[^>]*>`)
 
+// htmlText is the text of an HTML body: tags dropped, common entities
+// decoded.
+func htmlText(content string) string {
+	content = tags.ReplaceAllString(content, " ")
+	return strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`).Replace(content)
+}
+
 // preview is bodyPreview: the first 255 characters of the text, white
 // space collapsed (message resource: "The first 255 characters").
 func preview(contentType, content string) string {
 	if contentType == "html" {
-		content = tags.ReplaceAllString(content, " ")
-		content = strings.NewReplacer("&nbsp;", " ", "&amp;", "&", "&lt;", "<", "&gt;", ">", "&quot;", `"`).Replace(content)
+		content = htmlText(content)
 	}
 	r := []rune(strings.Join(strings.Fields(content), " "))
 	if len(r) > 255 {

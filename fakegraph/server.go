@@ -1,7 +1,10 @@
 // Package fakegraph is a Microsoft Graph (v1.0) mail double: mailboxes with
-// their well-known folders, sendMail (MIME and JSON), drafts, attachments
-// and upload sessions, folder listings with paging, $value, PATCH, move and
-// delete, immutable ids, and Outlook's throttling (per app and mailbox).
+// their well-known and user folders (create, rename, move, delete),
+// sendMail (MIME and JSON), drafts, attachments and upload sessions,
+// listings with paging and $search, message delta per folder, $value,
+// PATCH (extended properties too), move, copy and delete, immutable ids,
+// and Outlook's throttling (per app and mailbox). Test hooks change a
+// mailbox "from Outlook's side" while it is being served.
 //
 // It is what mailproxy's e2e tests and its in-process demo talk to, since
 // the real Graph cannot be reached from here. Status codes and error bodies
@@ -21,6 +24,7 @@ package fakegraph
 
 import (
 	"net/http"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -63,8 +67,16 @@ type Server struct {
 	frac, acc float64
 	retry     string
 	down      bool
+	// BreakValue: $value answers are cut after breakAfter bytes.
+	breakValue bool
+	breakAfter int
+	// Delta rounds in progress, by id, oldest first in roundOrder; a
+	// generation that ExpireDeltaTokens bumps (delta.go).
+	rounds     map[string]*deltaRound
+	roundOrder []string
+	deltaGen   int64
 
-	requests, throttled atomic.Int64
+	requests, throttled, values atomic.Int64
 }
 
 type flightKey struct{ app, mailbox string }
@@ -80,6 +92,7 @@ func New(tokens TokenLookup) *Server {
 		delivered: map[string][]Message{},
 		sessions:  map[string]*uploadSession{},
 		inflight:  map[flightKey]int{},
+		rounds:    map[string]*deltaRound{},
 	}
 }
 
@@ -104,6 +117,9 @@ func (s *Server) SetDown(down bool) {
 
 // Requests counts requests (all, throttled ones and upload PUTs included).
 func (s *Server) Requests() int64 { return s.requests.Load() }
+
+// Values counts the MIME downloads answered (GET …/$value, 200).
+func (s *Server) Values() int64 { return s.values.Load() }
 
 // Throttled counts 429 answers (503s are not counted).
 func (s *Server) Throttled() int64 { return s.throttled.Load() }
@@ -153,10 +169,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("request-id", reqID)
 	w.Header().Set("client-request-id", crid)
 	rp, release := s.serve(r)
-	s.write(sw, rp, reqID, crid)
 	if release != nil {
-		release()
+		defer release() // s.write may abort the handler (BreakValue)
 	}
+	s.write(sw, rp, reqID, crid)
 }
 
 func (s *Server) serve(r *http.Request) (reply, func()) {
@@ -182,7 +198,7 @@ func (s *Server) serve(r *http.Request) (reply, func()) {
 		return fail(e), nil
 	}
 	c := &call{s: s, r: r, g: g, immutable: immutableIDs(r)}
-	segs := strings.Split(strings.Trim(rest, "/"), "/")
+	segs := keySegments(strings.Split(strings.Trim(rest, "/"), "/"))
 	if e := s.resolveUser(c, &segs); e != nil {
 		return fail(e), nil
 	}
@@ -361,6 +377,23 @@ func segmentNotFound(seg string) *apiError {
 	return newError(400, "BadRequest", "Resource not found for the segment '"+seg+"'.")
 }
 
+// keyForm is OData's key syntax, as in the delta links Graph hands out:
+// mailFolders('{id}') (GRAPH.md 6.1).
+var keyForm = regexp.MustCompile(`^([A-Za-z]+)\('([^']*)'\)$`)
+
+// keySegments spells name('key') as the two segments name/key.
+func keySegments(segs []string) []string {
+	var out []string
+	for _, s := range segs {
+		if m := keyForm.FindStringSubmatch(s); m != nil {
+			out = append(out, m[1], m[2])
+		} else {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
 // match finds the handler for the path after the user.
 func match(method string, segs []string, c *call) (route, *apiError) {
 	kw := func(i int) string {
@@ -377,15 +410,26 @@ func match(method string, segs []string, c *call) (route, *apiError) {
 	case kw(0) == "sendmail" && n == 1:
 		rs = map[string]route{"POST": {permSend, (*call).sendMail}}
 	case kw(0) == "mailfolders" && n == 1:
-		rs = map[string]route{"GET": {permRead, (*call).listFolders}}
+		rs = map[string]route{"GET": {permRead, (*call).listFolders}, "POST": {permWrite, (*call).createFolder}}
 	case kw(0) == "mailfolders" && n == 2:
 		c.folderRef = segs[1]
-		rs = map[string]route{"GET": {permRead, (*call).getFolder}}
+		rs = map[string]route{"GET": {permRead, (*call).getFolder}, "PATCH": {permWrite, (*call).updateFolder},
+			"DELETE": {permWrite, (*call).deleteFolder}}
+	case kw(0) == "mailfolders" && n == 3 && kw(2) == "childfolders":
+		c.folderRef = segs[1]
+		rs = map[string]route{"GET": {permRead, (*call).listChildFolders}, "POST": {permWrite, (*call).createFolder}}
+	case kw(0) == "mailfolders" && n == 3 && kw(2) == "move":
+		c.folderRef = segs[1]
+		rs = map[string]route{"POST": {permWrite, (*call).moveFolder}}
 	case kw(0) == "mailfolders" && kw(2) != "messages":
 		return route{}, segmentNotFound(segs[2])
 	case kw(0) == "mailfolders" && n == 3:
 		c.folderRef = segs[1]
 		rs = map[string]route{"GET": {permRead, (*call).listMessages}, "POST": {permWrite, (*call).createMessage}}
+	case kw(0) == "mailfolders" && n == 4 && kw(3) == "delta":
+		// message-delta.md (delta.go).
+		c.folderRef = segs[1]
+		rs = map[string]route{"GET": {permRead, (*call).delta}}
 	case kw(0) == "mailfolders":
 		c.folderRef = segs[1]
 		return matchMessage(method, segs[2:], c)

@@ -1,7 +1,8 @@
 package fakegraph
 
-// The mail store: mailboxes, their well-known folders, messages and their
-// two kinds of id, and what was delivered where.
+// The mail store: mailboxes, their folder trees, messages and their two
+// kinds of id, what was delivered where, and the change counter that delta
+// queries read.
 
 import (
 	"crypto/rand"
@@ -9,7 +10,9 @@ import (
 	"encoding/base64"
 	"fmt"
 	"regexp"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -27,6 +30,15 @@ type Message struct {
 	// Attachments are those added through upload sessions or POST
 	// attachments.
 	Attachments []Attachment
+
+	// The rest is set for stored messages only.
+	Folder     string   // the folder's id
+	Flag       string   // flagStatus: notFlagged, flagged or complete
+	Categories []string // as set, in order
+	// Extended are the singleValueExtendedProperties stored by PATCH or a
+	// JSON create, by id in Graph's spelling ("Integer 0x1081"); the
+	// computed ones (0x0E07, 0x0E08, 0x0E23, 0x1090) are not in it.
+	Extended map[string]string
 }
 
 // Attachment is a file attachment added through Graph.
@@ -58,14 +70,45 @@ var otherWellKnown = "clutter conflicts conversationhistory localfailures schedu
 type mailbox struct {
 	address, objectID string
 	stem              string             // id prefix shared by the mailbox's ids
-	folders           map[string]*folder // by well-known name
+	wellKnown         map[string]*folder // by well-known name
+	byID              map[string]*folder // every folder, by id
 	sendAs            map[string]bool
-	msgs              []*message
 	article           int64 // last IMAP article number handed out
+	userFolders       int   // user folders created so far (their ids derive from it)
+	// changes counts every create, change, move, copy and delete of a
+	// message: delta tokens are positions in it.
+	changes int64
 }
 
+// folder is a mail folder: a well-known one or a user folder anywhere
+// under msgfolderroot.
 type folder struct {
-	name, id, display, parent string
+	id, display string
+	wellKnown   string // "" for a user folder
+	hidden      bool
+	box         *mailbox
+	parent      *folder // nil for msgfolderroot and recoverableitemsdeletions
+	outside     string  // their parentFolderId: a folder the double does not model
+	children    []*folder
+	// msgs are the folder's messages, oldest first (receivedDateTime, then
+	// arrival) unless unsorted; messages() sorts them when needed, so that
+	// storing one is O(1).
+	msgs     []*message
+	unsorted bool
+	// removals are the messages that left the folder, in change order
+	// (delta's @removed, GRAPH.md 6.3).
+	removals []removal
+	gone     bool // deleted for good
+}
+
+// removal records a message leaving a folder: deleted, moved out, or its
+// folder deleted.
+type removal struct {
+	change        int64  // when it left
+	entered       int64  // when it had entered
+	immID, restID string // the REST id it had in the folder
+	received      time.Time
+	m             *message
 }
 
 type recipient struct{ Name, Address string }
@@ -74,7 +117,8 @@ type message struct {
 	seq           int64
 	immID, restID string
 	box           *mailbox
-	folder        string
+	folder        *folder
+	gone          bool // removed for good
 	// mime is the message without the attachments added through Graph
 	// (render folds those in).
 	mime              []byte
@@ -89,12 +133,17 @@ type message struct {
 	flag, importance  string
 	categories        []string
 	attachments       []*attachment
-	changes           int
+	ext               map[string]extProp // stored extended properties, by lower-case id
+	changes           int                // for the changeKey
+	lastChange        int64              // the mailbox change that last touched it
+	entered           int64              // the change that put it in its folder
 	article           int64
 	inference         string
 	receiptRequested  bool
 	deliveryRequested bool
 }
+
+type extProp struct{ id, value string }
 
 type attachment struct {
 	id       string
@@ -138,9 +187,16 @@ func newImmutableID() string { return immPrefix + randomB64(27) }
 // newRESTID is ~141 characters and is replaced on every move (GRAPH.md 4.2).
 func (b *mailbox) newRESTID() string { return "AAMkA" + b.stem + "ARgAAAAA" + randomB64(72) }
 
+// folderID is stable for a name; folder ids never change (GRAPH.md 3.3).
 func (b *mailbox) folderID(name string) string {
 	sum := sha256.Sum256([]byte(b.objectID + "/" + name))
 	return "AAMkA" + b.stem + "AuAAAAAA" + base64.RawURLEncoding.EncodeToString(sum[:]) + "AAA="
+}
+
+// bump is the next change of the mailbox.
+func (b *mailbox) bump() int64 {
+	b.changes++
+	return b.changes
 }
 
 // AddMailbox creates a mailbox with its well-known folders. objectID is
@@ -152,19 +208,22 @@ func (s *Server) AddMailbox(address, objectID string) {
 	defer s.mu.Unlock()
 	sum := sha256.Sum256([]byte(strings.ToLower(objectID)))
 	b := &mailbox{address: strings.ToLower(address), objectID: strings.ToLower(objectID),
-		stem: base64.RawURLEncoding.EncodeToString(sum[:24]), folders: map[string]*folder{}, sendAs: map[string]bool{}}
+		stem: base64.RawURLEncoding.EncodeToString(sum[:24]), wellKnown: map[string]*folder{},
+		byID: map[string]*folder{}, sendAs: map[string]bool{}}
 	for _, wk := range wellKnown {
-		f := &folder{name: wk.name, id: b.folderID(wk.name), display: wk.display}
+		f := &folder{id: b.folderID(wk.name), display: wk.display, wellKnown: wk.name, box: b}
 		switch wk.name {
 		case "msgfolderroot":
-			f.parent = b.folderID("root")
+			f.outside = b.folderID("root")
 		case "recoverableitemsdeletions":
 			// Recoverable Items live outside the IPM subtree.
-			f.parent = b.folderID("recoverableitemsroot")
+			f.outside = b.folderID("recoverableitemsroot")
 		default:
-			f.parent = b.folderID("msgfolderroot")
+			f.parent = b.wellKnown["msgfolderroot"]
+			f.parent.children = append(f.parent.children, f)
 		}
-		b.folders[wk.name] = f
+		b.wellKnown[wk.name] = f
+		b.byID[f.id] = f
 	}
 	s.boxes[b.address] = b
 	s.boxes[b.objectID] = b
@@ -186,34 +245,50 @@ func (s *Server) mustBox(address string) *mailbox {
 	return b
 }
 
-// Put stores mime as a received message in mailbox's folder (a well-known
-// name) and returns its immutable id.
-func (s *Server) Put(mailbox, folder string, mime []byte) string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	b := s.mustBox(mailbox)
-	if b.folders[strings.ToLower(folder)] == nil {
-		panic("fakegraph: no folder " + folder)
+func (b *mailbox) mustFolder(ref string) *folder {
+	f, e := b.resolveFolder(ref)
+	if e != nil {
+		panic("fakegraph: no folder " + ref + " in " + b.address)
 	}
-	m := s.newMessage(b, strings.ToLower(folder), mime)
-	return m.immID
+	return f
 }
 
-// newMessage stores mime in b's folder as a received, unread message with
-// its properties taken from the headers.
-func (s *Server) newMessage(b *mailbox, folder string, mime []byte) *message {
+// Put stores mime as a received message in mailbox's folder (a well-known
+// name or a folder id) and returns its immutable id. It costs the same
+// however many messages the folder holds.
+func (s *Server) Put(mailbox, folder string, mime []byte) string {
+	return s.PutAt(mailbox, folder, mime, time.Time{})
+}
+
+// PutAt is Put with the message's receivedDateTime; the zero time is now.
+func (s *Server) PutAt(mailbox, folder string, mime []byte, received time.Time) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	f := s.mustBox(mailbox).mustFolder(folder)
+	return s.newMessage(f, mime, received).immID
+}
+
+// newMessage stores mime in f as a received, unread message with its
+// properties taken from the headers; received is now when zero.
+func (s *Server) newMessage(f *folder, mime []byte, received time.Time) *message {
 	now := s.now()
+	if received.IsZero() {
+		received = now
+	}
+	b := f.box
 	s.seq++
-	m := &message{seq: s.seq, immID: newImmutableID(), restID: b.newRESTID(), box: b, folder: folder,
-		mime: append([]byte(nil), mime...), created: now, modified: now, received: now,
+	m := &message{seq: s.seq, immID: newImmutableID(), restID: b.newRESTID(), box: b, folder: f,
+		mime: append([]byte(nil), mime...), created: now, modified: now, received: received.UTC(),
 		flag: "notFlagged", importance: "normal", inference: "focused"}
 	m.fromHeaders()
 	if m.sent.IsZero() {
-		m.sent = now
+		m.sent = m.received
 	}
 	b.article++
 	m.article = b.article
-	b.msgs = append(b.msgs, m)
+	m.lastChange = b.bump()
+	m.entered = m.lastChange
+	f.add(m)
 	s.byImm[m.immID] = m
 	s.byREST[m.restID] = m
 	return m
@@ -256,63 +331,117 @@ func (m *message) fromHeaders() {
 }
 
 // move puts m in folder with a new REST id: the old one then 404s; the
-// immutable id stays (GRAPH.md 4.2, 5).
-func (s *Server) move(m *message, folder string) {
+// immutable id stays (GRAPH.md 4.2, 5). The folder it left records the
+// removal for delta (GRAPH.md 6.3).
+func (s *Server) move(m *message, to *folder) { s.moveAt(m, to, time.Time{}) }
+
+// moveAt is move giving m a new receivedDateTime unless received is zero.
+func (s *Server) moveAt(m *message, to *folder, received time.Time) {
+	m.folder.drop(m)
+	if !received.IsZero() {
+		m.received = received
+	}
 	delete(s.byREST, m.restID)
 	m.restID = m.box.newRESTID()
 	s.byREST[m.restID] = m
-	m.folder = folder
+	m.folder = to
+	to.add(m)
 	m.box.article++
 	m.article = m.box.article
 	m.touch(s)
+	m.entered = m.lastChange
 }
 
+// touch records a change of m: a new changeKey and lastModifiedDateTime,
+// and a place in the mailbox's changes (delta sees it).
 func (m *message) touch(s *Server) {
 	m.modified = s.now()
 	m.changes++
+	m.lastChange = m.box.bump()
 }
 
 // remove deletes m for good.
 func (s *Server) remove(m *message) {
+	m.folder.drop(m)
 	delete(s.byImm, m.immID)
 	delete(s.byREST, m.restID)
-	b := m.box
-	for i, x := range b.msgs {
-		if x == m {
-			b.msgs = append(b.msgs[:i], b.msgs[i+1:]...)
-			break
-		}
-	}
+	m.gone = true
 }
 
-// inFolder is folder's messages, oldest first.
-func (b *mailbox) inFolder(folder string) []*message {
+func older(a, b *message) bool {
+	if !a.received.Equal(b.received) {
+		return a.received.Before(b.received)
+	}
+	return a.seq < b.seq
+}
+
+// add stores m in f; mail arriving now is the newest and keeps f sorted.
+func (f *folder) add(m *message) {
+	if n := len(f.msgs); n > 0 && older(m, f.msgs[n-1]) {
+		f.unsorted = true
+	}
+	f.msgs = append(f.msgs, m)
+}
+
+// messages is f's messages, oldest first; the slice is f's own, valid
+// until f next changes.
+func (f *folder) messages() []*message {
+	if f.unsorted {
+		sort.Slice(f.msgs, func(i, j int) bool { return older(f.msgs[i], f.msgs[j]) })
+		f.unsorted = false
+	}
+	return f.msgs
+}
+
+// drop takes m out of f and records that it left.
+func (f *folder) drop(m *message) {
+	ms := f.messages()
+	i := sort.Search(len(ms), func(i int) bool { return !older(ms[i], m) })
+	if i >= len(ms) || ms[i] != m {
+		i = slices.Index(ms, m) // its receivedDateTime changed while in f
+	}
+	if i >= 0 {
+		f.msgs = slices.Delete(ms, i, i+1)
+	}
+	f.removals = append(f.removals, removal{change: m.box.bump(), entered: m.entered, immID: m.immID, restID: m.restID, received: m.received, m: m})
+}
+
+// holds: m is in f now.
+func (f *folder) holds(m *message) bool { return !m.gone && m.folder == f }
+
+// inFolder is f's messages, oldest first, or with f nil every message of
+// the mailbox outside Recoverable Items (user-list-messages.md), in a
+// slice of the caller's.
+func (b *mailbox) inFolder(f *folder) []*message {
+	if f != nil {
+		return slices.Clone(f.messages())
+	}
 	var out []*message
-	for _, m := range b.msgs {
-		if folder == "" && m.folder != "recoverableitemsdeletions" || m.folder == folder {
-			out = append(out, m)
+	for _, g := range b.byID {
+		if g.wellKnown != "recoverableitemsdeletions" {
+			out = append(out, g.messages()...)
 		}
 	}
-	sortOldest(out)
+	sort.Slice(out, func(i, j int) bool { return older(out[i], out[j]) })
 	return out
 }
 
-func sortOldest(ms []*message) {
-	sort.SliceStable(ms, func(i, j int) bool {
-		if !ms[i].received.Equal(ms[j].received) {
-			return ms[i].received.Before(ms[j].received)
-		}
-		return ms[i].seq < ms[j].seq
-	})
-}
-
-// Messages is a snapshot of a folder, oldest first.
-func (s *Server) Messages(mailbox, folder string) []Message {
+// Messages is a snapshot of a folder (a well-known name or a folder id),
+// oldest first; "" is the whole mailbox outside Recoverable Items, and an
+// unknown folder has none.
+func (s *Server) Messages(mailbox, folderRef string) []Message {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	b := s.mustBox(mailbox)
+	var f *folder
+	if folderRef != "" {
+		var e *apiError
+		if f, e = b.resolveFolder(folderRef); e != nil {
+			return nil
+		}
+	}
 	var out []Message
-	for _, m := range b.inFolder(strings.ToLower(folder)) {
+	for _, m := range b.inFolder(f) {
 		out = append(out, m.snapshot())
 	}
 	return out
@@ -320,7 +449,8 @@ func (s *Server) Messages(mailbox, folder string) []Message {
 
 func (m *message) snapshot() Message {
 	sm := Message{ID: m.immID, MIME: m.render(true), IsDraft: m.isDraft, IsRead: m.isRead,
-		To: addrsOf(m.to), Cc: addrsOf(m.cc), Bcc: addrsOf(m.bcc), Received: m.received}
+		To: addrsOf(m.to), Cc: addrsOf(m.cc), Bcc: addrsOf(m.bcc), Received: m.received,
+		Folder: m.folder.id, Flag: m.flag, Categories: slices.Clone(m.categories)}
 	if m.from != nil {
 		sm.From = strings.ToLower(m.from.Address)
 	}
@@ -328,6 +458,12 @@ func (m *message) snapshot() Message {
 		c := a.Attachment
 		c.Data = append([]byte(nil), a.Data...)
 		sm.Attachments = append(sm.Attachments, c)
+	}
+	for _, p := range m.ext {
+		if sm.Extended == nil {
+			sm.Extended = map[string]string{}
+		}
+		sm.Extended[p.id] = p.value
 	}
 	return sm
 }
@@ -353,13 +489,11 @@ func (s *Server) Delivered(address string) []Message {
 // that is no id is malformed; an unknown id (or a well-known folder the
 // double lacks) is not found (GRAPH.md 3.3, 4.5).
 func (b *mailbox) resolveFolder(ref string) (*folder, *apiError) {
-	if f := b.folders[strings.ToLower(ref)]; f != nil {
+	if f := b.wellKnown[strings.ToLower(ref)]; f != nil {
 		return f, nil
 	}
-	for _, f := range b.folders {
-		if f.id == ref {
-			return f, nil
-		}
+	if f := b.byID[ref]; f != nil {
+		return f, nil
 	}
 	if strings.Contains(" "+otherWellKnown+" ", " "+strings.ToLower(ref)+" ") || idPattern.MatchString(ref) {
 		return nil, errNotFound()
@@ -391,4 +525,16 @@ func errNotFound() *apiError {
 func errMalformed() *apiError {
 	// GRAPH.md 4.5 (davmail#459).
 	return newError(400, "ErrorInvalidIdMalformed", "Id is malformed.")
+}
+
+// extKey is an extended property id in Graph's spelling ("Integer 0xe08"
+// for 'Integer 0x0E08') and, for Integer ones, its tag.
+func extKey(id string) (canon string, tag uint64, isInteger bool) {
+	canon = strings.Join(strings.Fields(id), " ")
+	typ, hex, _ := strings.Cut(canon, " ")
+	if t, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(hex), "0x"), 16, 32); err == nil &&
+		strings.EqualFold(typ, "Integer") && strings.HasPrefix(strings.ToLower(hex), "0x") {
+		return fmt.Sprintf("Integer 0x%x", t), t, true
+	}
+	return canon, 0, false
 }

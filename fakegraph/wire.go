@@ -9,6 +9,7 @@ import (
 	"io"
 	"mime"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -36,6 +37,10 @@ type reply struct {
 	raw    []byte // or raw bytes of type ctype
 	ctype  string
 	err    *apiError
+	// cut: write the first cutAfter bytes of raw, then drop the connection
+	// (BreakValue).
+	cut      bool
+	cutAfter int
 }
 
 func fail(e *apiError) reply { return reply{err: e} }
@@ -122,6 +127,12 @@ func (s *Server) write(w http.ResponseWriter, rp reply, reqID, crid string) {
 		return
 	}
 	switch {
+	case rp.raw != nil && rp.cut:
+		w.Header().Set("Content-Type", rp.ctype)
+		w.Header().Set("Content-Length", strconv.Itoa(len(rp.raw)))
+		w.WriteHeader(rp.status)
+		w.Write(rp.raw[:min(max(rp.cutAfter, 0), len(rp.raw))])
+		cutConnection(w)
 	case rp.raw != nil:
 		w.Header().Set("Content-Type", rp.ctype)
 		w.WriteHeader(rp.status)
@@ -131,6 +142,26 @@ func (s *Server) write(w http.ResponseWriter, rp reply, reqID, crid string) {
 	default:
 		w.WriteHeader(rp.status)
 	}
+}
+
+// cutConnection ends the connection under an answer written in part, so
+// that the client meets an unexpected EOF in the body: the connection is
+// hijacked and closed, or where that cannot be (HTTP/2) the handler
+// aborts, which resets the stream.
+func cutConnection(w http.ResponseWriter) {
+	if sw, ok := w.(*slowWriter); ok {
+		w = sw.ResponseWriter
+	}
+	if hj, ok := w.(http.Hijacker); ok {
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush() // Hijack drops what the response still buffers
+		}
+		if conn, _, err := hj.Hijack(); err == nil {
+			conn.Close()
+			return
+		}
+	}
+	panic(http.ErrAbortHandler)
 }
 
 func writeJSON(w http.ResponseWriter, status int, v any) {

@@ -26,6 +26,7 @@ import (
 	"mailproxy/tokens"
 	"mailproxy/upstream"
 	"mailproxy/upstream/graph"
+	"mailproxy/upstream/graph/mirror"
 )
 
 // Options tune New.
@@ -50,6 +51,8 @@ type App struct {
 	imap  map[string]*upstream.IMAP
 	pop3  map[string]*upstream.POP3
 	graph map[string]*graphProfile
+	// mirrors are the Graph mailboxes served over IMAP, by state file.
+	mirrors map[string]*mirror.Mailbox
 	// graphLimiter bounds Graph requests per app and mailbox, process-wide.
 	graphLimiter *graph.Limiter
 	metrics      *admin.Metrics
@@ -74,7 +77,7 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 	}
 	a := &App{cfg: cfg, log: o.Logger, creds: map[string]*credential{},
 		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{},
-		graph: map[string]*graphProfile{}, graphLimiter: graph.NewLimiter(graph.DefaultConcurrency)}
+		graph: map[string]*graphProfile{}, mirrors: map[string]*mirror.Mailbox{}, graphLimiter: graph.NewLimiter(graph.DefaultConcurrency)}
 	if ts := cfg.TokenStore; ts != nil {
 		key, err := tokens.ParseKey(ts.Key.Value())
 		if err != nil {
@@ -144,6 +147,7 @@ func (a *App) Close(ctx context.Context) error {
 	for _, c := range a.uniqueCredentials() {
 		c.cache.Close()
 	}
+	a.closeGraph()
 	if a.vault != nil {
 		return a.vault.Close(ctx)
 	}

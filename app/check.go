@@ -9,6 +9,7 @@ import (
 
 	"mailproxy/proxy"
 	"mailproxy/upstream"
+	"mailproxy/upstream/graph/mirror"
 )
 
 // Check proves profile name works: it gets a token, logs in to each of its
@@ -58,6 +59,24 @@ func (a *App) Check(ctx context.Context, name, sendTo string, w io.Writer) bool 
 			}
 			return fmt.Sprintf("%s%s: Inbox has %d message(s)", p.Graph.Endpoint, where, f.Total), nil
 		})
+		if reached && gp.imap != nil {
+			step("imap", func() (string, error) {
+				tree, err := mirror.WalkTree(ctx, gp.client)
+				if err != nil {
+					return "", gp.client.Classify(err)
+				}
+				var names []string
+				inbox := 0
+				for _, f := range tree {
+					names = append(names, f.Name)
+					if f.Name == "INBOX" {
+						inbox = f.Total
+					}
+				}
+				return fmt.Sprintf("served by mailproxy over Graph: %d folder(s) (%s), INBOX has %d message(s); UIDs kept in %s",
+					len(tree), strings.Join(names, ", "), inbox, p.Graph.StateDir), nil
+			})
+		}
 		if reached && sendTo != "" && gp.sender != nil {
 			step("send", func() (string, error) {
 				if err := sendTestMessage(ctx, graphSender{gp.sender}, p.Mailbox, sendTo, name); err != nil {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -12,7 +13,9 @@ import (
 
 	"mailproxy/config"
 	"mailproxy/proxy"
+	"mailproxy/proxy/graphimap"
 	"mailproxy/upstream/graph"
+	"mailproxy/upstream/graph/mirror"
 )
 
 // graphProfile is a profile that talks to Microsoft Graph.
@@ -20,6 +23,7 @@ type graphProfile struct {
 	client *graph.Client
 	sender *graph.Sender
 	drop   *graph.Maildrop
+	imap   *graphimap.Backend
 }
 
 // buildGraph makes the Graph client of a profile with graph:, and what
@@ -49,8 +53,49 @@ func (a *App) buildGraph(p *config.Profile) error {
 	if r := p.POP3; r != nil {
 		gp.drop = graph.NewMaildrop(c, r.Folder, r.Dele == config.DeleDelete)
 	}
+	if p.IMAP != nil {
+		gp.imap = &graphimap.Backend{Profile: p.Name, Client: c, Mirror: a.mirror(g, p.Mailbox), Poll: g.PollInterval.D(),
+			AppendLimit: config.DefaultGraphMaxMessageBytes, Log: a.log}
+	}
 	a.graph[p.Name] = gp
 	return nil
+}
+
+// mirror is the mirror of a Graph mailbox, one per state file: profiles
+// of one mailbox share it (its file can be open once).
+func (a *App) mirror(g *config.Graph, mailbox string) *mirror.Mailbox {
+	name := g.User
+	if name == "" {
+		name = mailbox
+	}
+	name = strings.Map(func(r rune) rune {
+		switch {
+		case r >= 'a' && r <= 'z', r >= '0' && r <= '9', r == '@', r == '.', r == '-', r == '_':
+			return r
+		}
+		return '_'
+	}, strings.ToLower(name))
+	path := filepath.Join(g.StateDir, name+".db")
+	if m := a.mirrors[path]; m != nil {
+		return m
+	}
+	m := mirror.New(path, filepath.Join(g.StateDir, name+".bodies"), int64(g.CacheMB)<<20)
+	a.mirrors[path] = m
+	return m
+}
+
+// closeGraph ends the Graph IMAP servers and closes the mirrors' files.
+func (a *App) closeGraph() {
+	for _, gp := range a.graph {
+		if gp.imap != nil {
+			gp.imap.Close()
+		}
+	}
+	for _, m := range a.mirrors {
+		if err := m.Close(); err != nil {
+			a.log.Warn("graph state could not be closed", "err", err)
+		}
+	}
 }
 
 // graphSender adapts graph.Sender to proxy.Sender.

@@ -70,7 +70,9 @@ func (a *App) buildListeners() error {
 				g.smtp = append(g.smtp, sp)
 				g.max = max(g.max, p.SMTP.MaxMessageBytes)
 			case "imap":
-				if up := a.imap[name]; up != nil {
+				if gp := a.graph[name]; gp != nil {
+					g.imap = append(g.imap, proxy.IMAPProfile{Name: name, Backend: gp.imap, Users: users})
+				} else if up := a.imap[name]; up != nil {
 					g.imap = append(g.imap, proxy.IMAPProfile{Name: name, Backend: proxy.RelayIMAP{Upstream: up}, Users: users})
 				}
 			case "pop3":

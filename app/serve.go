@@ -113,6 +113,7 @@ func (a *App) Serve(ctx context.Context) error {
 	}
 	stopping.Wait()
 	serving.Wait()
+	a.closeGraph()
 	for _, up := range a.smtp {
 		up.Close()
 	}

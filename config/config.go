@@ -17,7 +17,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"sort"
+	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 )
@@ -239,6 +242,14 @@ type Graph struct {
 	Endpoint string `yaml:"endpoint"`
 	// CAFile is a PEM bundle to trust instead of the system roots.
 	CAFile string `yaml:"ca_file"`
+	// StateDir is where an imap listener over Graph keeps each mailbox's
+	// UIDs, flags and delta links, and its cache of bodies (default
+	// DefaultGraphStateDir). Losing it makes clients resynchronise.
+	StateDir string `yaml:"state_dir"`
+	// PollInterval is how often IDLE asks Graph for changes (default 15s).
+	PollInterval Duration `yaml:"poll_interval"`
+	// CacheMB bounds the cache of bodies on disk, per mailbox (default 512).
+	CacheMB int `yaml:"cache_mb"`
 }
 
 // Graph defaults.
@@ -250,10 +261,33 @@ const (
 	// DefaultGraphMaxMessageBytes is Exchange Online's default message
 	// size limit.
 	DefaultGraphMaxMessageBytes = 35 << 20
+	// DefaultGraphPollInterval is IDLE's default polling interval.
+	DefaultGraphPollInterval = 15 * time.Second
+	// DefaultGraphCacheMB is the default bound of the cache of bodies.
+	DefaultGraphCacheMB = 512
 	// DeleMove and DeleDelete are pop3.dele's values.
 	DeleMove   = "move"
 	DeleDelete = "delete"
 )
+
+// DefaultGraphStateDir is graph.state_dir's default: systemd's
+// $STATE_DIRECTORY (StateDirectory=) when set, else
+// $XDG_STATE_HOME/mailproxy, else ~/.local/state/mailproxy; with graph
+// below it. The container image sets STATE_DIRECTORY=/var/lib/mailproxy.
+func DefaultGraphStateDir() string {
+	if d := os.Getenv("STATE_DIRECTORY"); d != "" {
+		d, _, _ = strings.Cut(d, ":") // several directories: the first
+		return filepath.Join(d, "graph")
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "mailproxy", "graph")
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		home = "."
+	}
+	return filepath.Join(home, ".local", "state", "mailproxy", "graph")
+}
 
 // DefaultGraphDelegatedScopes are what a person grants for Graph mail.
 var DefaultGraphDelegatedScopes = []string{

@@ -36,6 +36,9 @@ profiles:
 	if a.Graph.User != "cmo@contoso.com" || a.Graph.Endpoint != DefaultGraphEndpoint || strings.Join(a.Credentials.Scopes, " ") != DefaultGraphScope {
 		t.Fatalf("app-only: %+v %v", a.Graph, a.Credentials.Scopes)
 	}
+	if a.Graph.StateDir != DefaultGraphStateDir() || a.Graph.PollInterval.D() != DefaultGraphPollInterval || a.Graph.CacheMB != 512 {
+		t.Fatalf("app-only state: %+v", a.Graph)
+	}
 	if a.SMTP.MaxMessageBytes != 35<<20 || a.SMTP.Upstream.Host != "" || a.POP3.Folder != "inbox" || a.POP3.Dele != DeleMove {
 		t.Fatalf("app-only listeners: %+v %+v", a.SMTP, a.POP3)
 	}
@@ -45,6 +48,23 @@ profiles:
 	}
 	if g := cfg.Profiles["generic"]; !strings.Contains(strings.Join(g.Credentials.Scopes, " "), "Mail.ReadWrite") || g.Credentials.Grant != GrantRefreshToken {
 		t.Fatalf("generic: %v %s", g.Credentials.Scopes, g.Credentials.Grant)
+	}
+}
+
+func TestGraphStateDirDefault(t *testing.T) {
+	t.Setenv("STATE_DIRECTORY", "/var/lib/mailproxy:/var/lib/other")
+	if d := DefaultGraphStateDir(); d != "/var/lib/mailproxy/graph" {
+		t.Errorf("systemd: %s", d)
+	}
+	t.Setenv("STATE_DIRECTORY", "")
+	t.Setenv("XDG_STATE_HOME", "/home/u/.state")
+	if d := DefaultGraphStateDir(); d != "/home/u/.state/mailproxy/graph" {
+		t.Errorf("xdg: %s", d)
+	}
+	t.Setenv("XDG_STATE_HOME", "")
+	t.Setenv("HOME", "/home/u")
+	if d := DefaultGraphStateDir(); d != "/home/u/.local/state/mailproxy/graph" {
+		t.Errorf("home: %s", d)
 	}
 }
 
@@ -58,7 +78,7 @@ profiles:
     credentials: {type: basic, password: pw}
   both:
     inherit: base
-    graph: {endpoint: "http://graph.example.com/v1.0"}
+    graph: {endpoint: "http://graph.example.com/v1.0", state_dir: state, poll_interval: 100ms}
     smtp: {listen: 2526}
     imap: {listen: 1143}
     pop3: {listen: 1110, dele: shred}
@@ -69,7 +89,8 @@ profiles:
 	}
 	for _, want := range []string{
 		"profiles.both.smtp.upstream: a profile with graph: talks to Microsoft Graph, not to a mail server",
-		"profiles.both.imap: IMAP over Microsoft Graph is not available in this version",
+		`profiles.both.graph.state_dir: "state" is not an absolute path`,
+		"profiles.both.graph.poll_interval: 100ms is too short",
 		"profiles.both.graph.endpoint: http://graph.example.com/v1.0 is not https",
 		"profiles.both.credentials.type: basic gives no token",
 		`profiles.both.pop3.dele: "shred" is not one of move`,

@@ -106,6 +106,15 @@ func (c *Config) applyDefaults() {
 			if g.Endpoint == "" {
 				g.Endpoint = DefaultGraphEndpoint
 			}
+			if g.StateDir == "" {
+				g.StateDir = DefaultGraphStateDir()
+			}
+			if g.PollInterval == 0 {
+				g.PollInterval = Duration(DefaultGraphPollInterval)
+			}
+			if g.CacheMB == 0 {
+				g.CacheMB = DefaultGraphCacheMB
+			}
 			g.Endpoint = strings.TrimRight(g.Endpoint, "/")
 		}
 		switch cr.Type {
@@ -462,8 +471,14 @@ func (c *Config) validateGraph(ps *problems, at string, p *Profile) {
 			ps.add(at+up, "a profile with graph: talks to Microsoft Graph, not to a mail server: remove upstream, or remove graph")
 		}
 	}
-	if p.IMAP != nil {
-		ps.add(at+".imap", "IMAP over Microsoft Graph is not available in this version: use pop3, or an imap upstream without graph")
+	if g.PollInterval.D() < time.Second {
+		ps.add(at+".graph.poll_interval", "%s is too short: at least 1s (each poll is a Graph request)", g.PollInterval)
+	}
+	if g.CacheMB < 0 {
+		ps.add(at+".graph.cache_mb", "%d is not a size: megabytes, at least 0", g.CacheMB)
+	}
+	if !filepath.IsAbs(g.StateDir) {
+		ps.add(at+".graph.state_dir", "%q is not an absolute path", g.StateDir)
 	}
 	u, err := url.Parse(g.Endpoint)
 	switch {

@@ -15,6 +15,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -159,9 +160,9 @@ type Listeners struct{ SMTP, IMAP, POP3, Admin string }
 // "demo" (an app-only credential) on every protocol; profile "signed-in"
 // (a person signs in on the admin page), sharing the IMAP listener under
 // local user "person"; profile "m365" (Microsoft Graph, no mail server),
-// sharing the SMTP and POP3 listeners under local user "m365"; the admin
-// page, with login localUser and localPassword; and a token store at
-// storePath.
+// sharing the SMTP, IMAP and POP3 listeners under local user "m365", its
+// IMAP state next to the token store; the admin page, with login
+// localUser and localPassword; and a token store at storePath.
 func (e *Env) Config(l Listeners, storePath, localUser, localPassword string) string {
 	base := strings.TrimSuffix(e.TokenURL, "/token")
 	return fmt.Sprintf(`token_store: {path: %q, key: %q}
@@ -206,8 +207,9 @@ profiles:
       client_secret: %s
   m365:
     mailbox: %s
-    graph: {endpoint: %q}
+    graph: {endpoint: %q, state_dir: %q}
     smtp: {listen: %s}
+    imap: {listen: %s}
     pop3: {listen: %s}
     local_users:
       - {name: m365-app, username: m365, password: %q}
@@ -219,7 +221,7 @@ profiles:
 `, storePath, tokens.NewKey(), l.Admin, localUser, localPassword,
 		Mailbox, l.IMAP, e.IMAPAddr, localPassword, base, base, PublicClientID,
 		Mailbox, l.SMTP, e.SMTPAddr, l.IMAP, e.IMAPAddr, l.POP3, e.POP3Addr, localUser, localPassword, e.TokenURL, ClientID, ClientSecret,
-		GraphMailbox, e.GraphURL, l.SMTP, l.POP3, localPassword, e.TokenURL, GraphClientID, GraphClientSecret)
+		GraphMailbox, e.GraphURL, filepath.Join(filepath.Dir(storePath), "graph"), l.SMTP, l.IMAP, l.POP3, localPassword, e.TokenURL, GraphClientID, GraphClientSecret)
 }
 
 // session is one upstream SMTP session; it requires AUTH XOAUTH2 and

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, the
-# real clients (swaks, fetchmail, mbsync, curl, Python 3) and Chromium (the admin page
+# real clients (swaks, fetchmail, mbsync, offlineimap, curl, Python 3) and Chromium (the admin page
 # is tested in it, headless). Debian/Ubuntu, as root. Safe to run twice.
 set -euo pipefail
 pkgs=()
@@ -12,6 +12,7 @@ pkgs=()
 command -v swaks >/dev/null || pkgs+=(swaks)
 command -v fetchmail >/dev/null || pkgs+=(fetchmail)
 command -v mbsync >/dev/null || pkgs+=(isync)
+command -v offlineimap >/dev/null || pkgs+=(offlineimap3)
 command -v prlimit >/dev/null || pkgs+=(util-linux)
 command -v curl >/dev/null || pkgs+=(curl)
 command -v openssl >/dev/null || pkgs+=(openssl)

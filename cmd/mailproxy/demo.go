@@ -56,15 +56,16 @@ page http://%s/ (user demo, password demo), press "Get token" for profile signed
 sign in as %s with password %s. Then read with that grant:
   curl -sS 'imap://%s/INBOX;UID=1' --user person:demo
 
-Microsoft 365 through Graph (a tenant with SMTP AUTH and POP off): profile m365, on the
-same ports as local user m365, sends with Graph's sendMail and reads the Graph inbox
-(the Graph double at %s):
+Microsoft 365 through Graph (a tenant with SMTP AUTH, IMAP and POP off): profile m365, on
+the same ports as local user m365, sends with Graph's sendMail and serves the Graph
+mailbox over IMAP and POP3 (the Graph double at %s):
   printf 'Subject: via Graph\r\n\r\nHello through Graph\r\n' | curl -sS smtp://%s --user m365:demo --mail-from %s --mail-rcpt %s -T -
+  curl -sS 'imap://%s/INBOX;UID=1' --user m365:demo
   curl -sS pop3://%s/1 --user m365:demo
 
 Stop with Ctrl-C.
 `, env.TokenURL, env.SMTPAddr, env.IMAPAddr, env.POP3Addr, *smtpAddr, *imapAddr, *pop3Addr, *smtpAddr, *imapAddr, *pop3Addr,
 		*adminAddr, demo.Mailbox, demo.PersonPassword, *imapAddr,
-		env.GraphURL, *smtpAddr, demo.GraphMailbox, demo.GraphMailbox, *pop3Addr)
+		env.GraphURL, *smtpAddr, demo.GraphMailbox, demo.GraphMailbox, *imapAddr, *pop3Addr)
 	return serve(ctx, cfg, log)
 }

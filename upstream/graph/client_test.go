@@ -67,12 +67,12 @@ func TestThrottledRequestsWaitRetryAfterTogether(t *testing.T) {
 		w.WriteHeader(202)
 	})
 	var wg sync.WaitGroup
-	if err := c.SendMIME(context.Background(), bytesBody("x")); err != nil {
+	if err := c.SendMIME(context.Background(), Bytes("x")); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 { // requests after the throttle wait too
 		wg.Go(func() {
-			if err := c.SendMIME(context.Background(), bytesBody("x")); err != nil {
+			if err := c.SendMIME(context.Background(), Bytes("x")); err != nil {
 				t.Error(err)
 			}
 		})
@@ -93,7 +93,7 @@ func TestPersistentThrottleIsATemporaryErrorNotAHang(t *testing.T) {
 		w.WriteHeader(429)
 		fmt.Fprint(w, `{"error":{"code":"ApplicationThrottled","message":"Application is over its MailboxConcurrency limit."}}`)
 	})
-	err := c.SendMIME(context.Background(), bytesBody("x"))
+	err := c.SendMIME(context.Background(), Bytes("x"))
 	var ge *Error
 	if !errors.As(err, &ge) || !ge.Temporary() || ge.Code != "ApplicationThrottled" || calls.Load() != 9 {
 		t.Fatalf("after %d calls: %v", calls.Load(), err)
@@ -119,7 +119,7 @@ func TestAtMostFourRequestsInFlightPerMailbox(t *testing.T) {
 	})
 	var wg sync.WaitGroup
 	for range 16 {
-		wg.Go(func() { c.SendMIME(context.Background(), bytesBody("x")) })
+		wg.Go(func() { c.SendMIME(context.Background(), Bytes("x")) })
 	}
 	wg.Wait()
 	if p := peak.Load(); p != 4 {
@@ -138,7 +138,7 @@ func TestUnauthorizedGetsOneNewToken(t *testing.T) {
 		}
 		w.WriteHeader(202)
 	})
-	if err := c.SendMIME(context.Background(), bytesBody("x")); err != nil {
+	if err := c.SendMIME(context.Background(), Bytes("x")); err != nil {
 		t.Fatal(err)
 	}
 	if tk.invalidated.Load() != 1 || auth[0] == auth[1] {
@@ -151,7 +151,7 @@ func TestErrorsNameGraphsCodeAndTheProfile(t *testing.T) {
 		w.WriteHeader(403)
 		fmt.Fprint(w, `{"error":{"code":"ErrorAccessDenied","message":"Access is denied. Check credentials and try again.","innerError":{"request-id":"x"}}}`)
 	})
-	err := c.Classify(c.SendMIME(context.Background(), bytesBody("x")))
+	err := c.Classify(c.SendMIME(context.Background(), Bytes("x")))
 	if upstream.KindOf(err) != upstream.Refused || !strings.Contains(err.Error(), `profile "p"`) ||
 		!strings.Contains(err.Error(), "403 ErrorAccessDenied: Access is denied") || !strings.Contains(err.Error(), "Mail.Send") {
 		t.Fatalf("%v", err)

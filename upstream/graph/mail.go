@@ -19,11 +19,21 @@ type Body interface {
 	Size() int64
 }
 
-// bytesBody is a Body in memory.
-type bytesBody []byte
+// Bytes is a Body in memory.
+type Bytes []byte
 
-func (b bytesBody) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
-func (b bytesBody) Size() int64                  { return int64(len(b)) }
+// SpooledBody is a Body read once from a stream: in memory when small, in
+// an unlinked temporary file when large. Close frees it.
+type SpooledBody interface {
+	Body
+	io.Closer
+}
+
+// Spool reads r, at most limit octets (ErrTooLarge past that).
+func Spool(r io.Reader, limit int64) (SpooledBody, error) { return newSpool(r, limit) }
+
+func (b Bytes) Open() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(b)), nil }
+func (b Bytes) Size() int64                  { return int64(len(b)) }
 
 // MaxRequestBytes is what Graph takes in one request body: larger ones are
 // refused "413 The maximum request length supported is 4MB." (GRAPH.md
@@ -86,27 +96,63 @@ func Recipients(addrs []string) []Recipient {
 	return out
 }
 
-// Message is what mailproxy reads of a message's JSON.
+// Message is what mailproxy reads of a message's JSON: the properties it
+// asks for with $select, the extended properties with $expand.
 type Message struct {
-	ID       string      `json:"id"`
-	IsDraft  bool        `json:"isDraft"`
-	To       []Recipient `json:"toRecipients"`
-	Cc       []Recipient `json:"ccRecipients"`
-	Bcc      []Recipient `json:"bccRecipients"`
-	Received string      `json:"receivedDateTime"`
+	ID                string      `json:"id"`
+	IsDraft           bool        `json:"isDraft"`
+	IsRead            bool        `json:"isRead"`
+	Subject           string      `json:"subject"`
+	From              *Recipient  `json:"from"`
+	Sender            *Recipient  `json:"sender"`
+	To                []Recipient `json:"toRecipients"`
+	Cc                []Recipient `json:"ccRecipients"`
+	Bcc               []Recipient `json:"bccRecipients"`
+	ReplyTo           []Recipient `json:"replyTo"`
+	InternetMessageID string      `json:"internetMessageId"`
+	Received          string      `json:"receivedDateTime"`
+	Sent              string      `json:"sentDateTime"`
+	Flag              *struct {
+		Status string `json:"flagStatus"`
+	} `json:"flag"`
+	Categories []string `json:"categories"`
 	// Extended holds singleValueExtendedProperties asked for with $expand.
 	Extended []struct {
 		ID    string `json:"id"`
 		Value string `json:"value"`
 	} `json:"singleValueExtendedProperties"`
+	// Removed is set on a delta item that left the folder (GRAPH.md 6.3).
+	Removed *struct {
+		Reason string `json:"reason"`
+	} `json:"@removed"`
 }
 
-// CreateDraft creates a draft from MIME in Drafts (user-post-messages.md:
-// text/plain base64 MIME → 201, isDraft true); its recipients are the
-// MIME's headers.
-func (c *Client) CreateDraft(ctx context.Context, mime Body) (Message, error) {
+// Property reads an Integer extended property by tag, e.g. 0x0E08 (Graph
+// answers in its own spelling, "Integer 0xe08"); ok is false when Graph
+// gave none.
+func (m Message) Property(tag uint32) (n int64, ok bool) {
+	for _, p := range m.Extended {
+		typ, hex, _ := strings.Cut(p.ID, " ")
+		t, err := strconv.ParseUint(strings.TrimPrefix(strings.ToLower(hex), "0x"), 16, 32)
+		if err != nil || !strings.EqualFold(typ, "Integer") || uint32(t) != tag {
+			continue
+		}
+		n, err := strconv.ParseInt(p.Value, 10, 64)
+		return n, err == nil
+	}
+	return 0, false
+}
+
+// CreateDraft creates a draft from MIME in folder, Drafts when "" (user-
+// post-messages.md: text/plain base64 MIME → 201, isDraft true); its
+// recipients are the MIME's headers.
+func (c *Client) CreateDraft(ctx context.Context, folder string, mime Body) (Message, error) {
+	u := c.base + "/messages"
+	if folder != "" {
+		u = c.folderURL(folder) + "/messages"
+	}
 	var m Message
-	err := c.getJSON(ctx, request{op: "create draft", method: http.MethodPost, url: c.base + "/messages",
+	err := c.getJSON(ctx, request{op: "create draft", method: http.MethodPost, url: u,
 		body: base64Of(mime), contentType: "text/plain", length: Base64Size(mime.Size()), want: []int{http.StatusCreated}}, &m)
 	return m, err
 }
@@ -213,28 +259,32 @@ func (c *Client) Delete(ctx context.Context, id string) error {
 		want: []int{http.StatusNoContent}}, nil)
 }
 
-// Move moves a message into folder, an id or a well-known name
-// (message-move.md: 201; with immutable ids the id stays).
-func (c *Client) Move(ctx context.Context, id, folder string) error {
-	return c.getJSON(ctx, request{op: "move", method: http.MethodPost, url: c.messageURL(id) + "/move",
+// Move moves a message into folder, an id or a well-known name, and
+// returns it there (message-move.md: 201; with immutable ids the id stays).
+func (c *Client) Move(ctx context.Context, id, folder string) (Message, error) {
+	var m Message
+	err := c.getJSON(ctx, request{op: "move", method: http.MethodPost, url: c.messageURL(id) + "/move",
 		body: jsonBody(map[string]string{"destinationId": folder}), contentType: "application/json",
-		want: []int{http.StatusCreated, http.StatusOK}}, nil)
+		want: []int{http.StatusCreated, http.StatusOK}}, &m)
+	return m, err
 }
 
-// Folder is what mailproxy reads of a mail folder.
-type Folder struct {
-	ID          string `json:"id"`
-	DisplayName string `json:"displayName"`
-	Total       int    `json:"totalItemCount"`
-	Unread      int    `json:"unreadItemCount"`
+// Copy copies a message into folder and returns the copy, a new item with
+// an id of its own (message-copy.md: 201, its example shows 200; GRAPH.md
+// 4.2).
+func (c *Client) Copy(ctx context.Context, id, folder string) (Message, error) {
+	var m Message
+	err := c.getJSON(ctx, request{op: "copy", method: http.MethodPost, url: c.messageURL(id) + "/copy",
+		body: jsonBody(map[string]string{"destinationId": folder}), contentType: "application/json",
+		want: []int{http.StatusCreated, http.StatusOK}}, &m)
+	return m, err
 }
 
-// Folder reads a folder by id or well-known name.
-func (c *Client) Folder(ctx context.Context, folder string) (Folder, error) {
-	var f Folder
-	err := c.getJSON(ctx, request{op: "folder", method: http.MethodGet, url: c.base + "/mailFolders/" + url.PathEscape(folder),
-		idempotent: true}, &f)
-	return f, err
+// Update changes what may change on any message: isRead, flag,
+// categories, extended properties (message-update.md; GRAPH.md 4.1).
+func (c *Client) Update(ctx context.Context, id string, patch map[string]any) error {
+	return c.getJSON(ctx, request{op: "update message", method: http.MethodPatch, url: c.messageURL(id), body: jsonBody(patch),
+		contentType: "application/json", idempotent: true, want: []int{http.StatusOK}}, nil)
 }
 
 // sizeProperty is MAPI PidTagMessageSize: Graph v1.0 has no size property
@@ -250,7 +300,7 @@ func (c *Client) Messages(ctx context.Context, folder string, each func(Message,
 	q.Set("$orderby", "receivedDateTime asc")
 	q.Set("$top", "1000")
 	q.Set("$expand", "singleValueExtendedProperties($filter=id eq '"+sizeProperty+"')")
-	next := c.base + "/mailFolders/" + url.PathEscape(folder) + "/messages?" + q.Encode()
+	next := c.folderURL(folder) + "/messages?" + q.Encode()
 	for next != "" {
 		var page struct {
 			Value []Message `json:"value"`
@@ -272,13 +322,8 @@ func (c *Client) Messages(ctx context.Context, folder string, each func(Message,
 
 // storeSize reads PidTagMessageSize (0 when Graph gave none).
 func storeSize(m Message) int64 {
-	for _, p := range m.Extended {
-		if strings.EqualFold(p.ID, sizeProperty) || strings.EqualFold(p.ID, "Integer 0xe08") {
-			n, _ := strconv.ParseInt(p.Value, 10, 64)
-			return n
-		}
-	}
-	return 0
+	n, _ := m.Property(0x0E08)
+	return n
 }
 
 // MIME opens a message's MIME (outlook-get-mime-message.md: $value). The

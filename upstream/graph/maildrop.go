@@ -58,7 +58,7 @@ func (m *Maildrop) Remove(ctx context.Context, ids []string) error {
 			if m.delete {
 				err = m.c.Delete(ctx, id)
 			} else {
-				err = m.c.Move(ctx, id, "deleteditems")
+				_, err = m.c.Move(ctx, id, "deleteditems")
 			}
 			if err != nil {
 				mu.Lock()

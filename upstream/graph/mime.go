@@ -24,8 +24,8 @@ type spool struct {
 
 const memoryLimit = 1 << 20
 
-// errTooLarge: the message is over the size the profile takes.
-var errTooLarge = errors.New("message too large")
+// ErrTooLarge: a message is over the size the profile takes.
+var ErrTooLarge = errors.New("message too large")
 
 // newSpool reads r (at most limit octets) into a spool.
 func newSpool(r io.Reader, limit int64) (*spool, error) {
@@ -40,7 +40,7 @@ func newSpool(r io.Reader, limit int64) (*spool, error) {
 			}
 			if s.size > limit {
 				s.Close()
-				return nil, errTooLarge
+				return nil, ErrTooLarge
 			}
 		}
 		if err == io.EOF {

@@ -82,7 +82,7 @@ func (t *Transaction) Abort() {}
 // refusals are mapped by smtpError.
 func (t *Transaction) Data(ctx context.Context, r io.Reader) error {
 	sp, err := newSpool(r, t.s.max)
-	if errors.Is(err, errTooLarge) {
+	if errors.Is(err, ErrTooLarge) {
 		return &smtp.SMTPError{Code: 552, EnhancedCode: smtp.EnhancedCode{5, 3, 4}, Message: fmt.Sprintf("message exceeds %d octets", t.s.max)}
 	}
 	if err != nil {
@@ -149,7 +149,7 @@ func (t *Transaction) viaDraft(ctx context.Context, sp *spool, to, cc, bcc []str
 		// draft's properties, so they must be set.
 		setRecipients = true
 	}
-	draft, err := t.s.c.CreateDraft(ctx, mime)
+	draft, err := t.s.c.CreateDraft(ctx, "", mime)
 	if err != nil {
 		return err
 	}
@@ -239,7 +239,7 @@ func split(sp *spool) (Body, []Attachment, func(), error) {
 		atts = append(atts, Attachment{Name: name, ContentType: mt, Data: data,
 			ContentID: strings.Trim(c.h.get("content-id"), "<> "), Inline: strings.EqualFold(strings.TrimSpace(disp), "inline")})
 	}
-	return bytesBody(stripped.Bytes()), atts, cleanup, nil
+	return Bytes(stripped.Bytes()), atts, cleanup, nil
 }
 
 // permanent is a refusal the app must not retry.

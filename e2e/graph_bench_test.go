@@ -121,3 +121,127 @@ func BenchmarkGraphPOP3Login10000(b *testing.B) {
 	b.ReportMetric(float64(toUIDL.Milliseconds())/float64(b.N), "ms-to-UIDL-end")
 	b.ReportMetric(float64(requests)/float64(b.N), "graph-requests")
 }
+
+// BenchmarkGraphIMAPSelect50000 selects a 50,000-message Graph folder and
+// lists it as clients do (UID FETCH 1:* (UID FLAGS RFC822.SIZE
+// ENVELOPE)): the time to the first untagged response of SELECT and to
+// FETCH's tagged OK, and the Graph requests made. first: no state yet (a
+// full delta round); again: the same process, a second SELECT; restarted:
+// a new process on the state the first left (one delta request).
+func BenchmarkGraphIMAPSelect50000(b *testing.B) {
+	need(b)
+	g := graphDouble(b)
+	const big = "fifty-thousand@contoso.example"
+	g.AddMailbox(big, "5f0c5c8e-1111-4222-8333-0000000c0c0c")
+	if len(g.Messages(big, "inbox")) < 50000 {
+		t0 := time.Date(2024, 1, 1, 0, 0, 0, 0, time.UTC)
+		for i := range 50000 {
+			id := g.PutAt(big, "inbox", []byte(fmt.Sprintf("From: Sender %d <s%d@example.com>\r\nTo: %s\r\nSubject: message %d\r\nMessage-ID: <m%d@bench>\r\n\r\nbody %d\r\n", i, i%97, big, i, i, i)),
+				t0.Add(time.Duration(i)*time.Second))
+			if i%3 == 0 {
+				g.SetRead(id, true)
+			}
+		}
+	}
+	var state string
+	start := func(b *testing.B) (*proxy, string) {
+		addr := freeAddr(b)
+		return startProxy(b, "log: {level: warn}\nprofiles:\n"+graphIMAPProfile("big", big, addr, "", state, ""), addr), addr
+	}
+	list := func(b *testing.B, addr string) (first, selected, fetched time.Duration, requests int64) {
+		c := dialRaw(b, addr)
+		c.send(imapLogin(localUser, localPass))
+		c.until("a1 OK")
+		before := g.Requests()
+		t0 := time.Now()
+		c.send("a2 SELECT INBOX\r\n")
+		c.line()
+		first = time.Since(t0)
+		c.until("a2 OK")
+		selected = time.Since(t0)
+		c.send("a3 UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)\r\n")
+		n := 0
+		for {
+			l := c.line()
+			if strings.HasPrefix(l, "a3 ") {
+				if !strings.HasPrefix(l, "a3 OK") {
+					b.Fatalf("FETCH: %s", l)
+				}
+				break
+			}
+			n++
+		}
+		fetched = time.Since(t0)
+		if n != 50000 {
+			b.Fatalf("FETCH listed %d messages", n)
+		}
+		c.send("a4 LOGOUT\r\n")
+		return first, selected, fetched, g.Requests() - before
+	}
+	report := func(b *testing.B, first, selected, fetched time.Duration, requests int64) {
+		n := float64(b.N)
+		b.ReportMetric(float64(first.Milliseconds())/n, "ms-to-first-untagged")
+		b.ReportMetric(float64(selected.Milliseconds())/n, "ms-to-SELECT-OK")
+		b.ReportMetric(float64(fetched.Milliseconds())/n, "ms-to-FETCH-OK")
+		b.ReportMetric(float64(requests)/n, "graph-requests")
+	}
+	b.Run("first", func(b *testing.B) {
+		var f, s, d time.Duration
+		var r int64
+		for range b.N {
+			state = b.TempDir()
+			p, addr := start(b)
+			f1, s1, d1, r1 := list(b, addr)
+			f, s, d, r = f+f1, s+s1, d+d1, r+r1
+			p.stop()
+		}
+		report(b, f, s, d, r)
+	})
+	b.Run("again", func(b *testing.B) {
+		_, addr := start(b)
+		list(b, addr)
+		var f, s, d time.Duration
+		var r int64
+		for range b.N {
+			f1, s1, d1, r1 := list(b, addr)
+			f, s, d, r = f+f1, s+s1, d+d1, r+r1
+		}
+		report(b, f, s, d, r)
+	})
+	b.Run("restarted", func(b *testing.B) {
+		var f, s, d time.Duration
+		var r int64
+		for range b.N {
+			p, addr := start(b)
+			f1, s1, d1, r1 := list(b, addr)
+			f, s, d, r = f+f1, s+s1, d+d1, r+r1
+			p.stop()
+		}
+		report(b, f, s, d, r)
+	})
+}
+
+// BenchmarkGraphMbsync5000 is mbsync's first sync of the 5,000-message
+// tree of 10 folders (TestMbsyncOverGraph's): wall time, Graph requests
+// and mailproxy's peak RSS.
+func BenchmarkGraphMbsync5000(b *testing.B) {
+	need(b)
+	g := graphDouble(b)
+	box, _ := graphIMAPBox(b)
+	fillTree(b, g, box, 1)
+	var wall time.Duration
+	var requests, rss int64
+	for range b.N {
+		addr := freeAddr(b)
+		p := startProxy(b, "log: {level: warn}\nprofiles:\n"+graphIMAPProfile("tree", box, addr, "", b.TempDir(), ""), addr)
+		rc := mbsyncrc(b.TempDir(), addr)
+		before := g.Requests()
+		wall += runMbsync(b, rc)
+		requests += g.Requests() - before
+		rss = max(rss, int64(peakRSS(b, p.cmd.Process.Pid)))
+		p.stop()
+	}
+	b.ReportMetric(wall.Seconds()/float64(b.N), "s/sync")
+	b.ReportMetric(float64(requests)/float64(b.N), "graph-requests")
+	b.ReportMetric(float64(rss)/1024, "peak-RSS-MB")
+}

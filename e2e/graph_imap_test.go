@@ -265,3 +265,87 @@ func TestIMAPOverGraphCommands(t *testing.T) {
 		t.Logf("EXISTS %.1f s after the SMTP send (poll_interval 1s)", r["idle_seconds"])
 	})
 }
+
+// Bad input is answered BAD and the session goes on; a Graph connection
+// lost in the middle of a body is NO [UNAVAILABLE] for that FETCH only,
+// while another session works; a session reading a whole folder leaves
+// Graph room for another's.
+func TestIMAPOverGraphFaults(t *testing.T) {
+	need(t)
+	g := graphDouble(t)
+	box, _ := graphIMAPBox(t)
+	big := append([]byte("From: a@example.com\r\nTo: "+box+"\r\nSubject: big one\r\nMessage-ID: <big@e2e>\r\n\r\n"), bytes.Repeat([]byte("0123456789abcdef\r\n"), 20_000)...)
+	g.Put(box, "inbox", big)
+	for i := range 60 {
+		g.Put(box, "inbox", []byte(fmt.Sprintf("From: a@example.com\r\nTo: %s\r\nSubject: small %d\r\nMessage-ID: <small-%d@e2e>\r\n\r\n%s\r\n", box, i, i, strings.Repeat("x", 20_000))))
+	}
+	imapAddr := freeAddr(t)
+	cfg := writeConfig(t, "profiles:\n"+graphIMAPProfile("faults", box, imapAddr, "", t.TempDir(), ""))
+	startProxyFile(t, cfg, imapAddr)
+	login := func(t *testing.T) *rawIMAP {
+		c := dialRaw(t, imapAddr)
+		c.send(imapLogin(localUser, localPass))
+		c.until("a1 OK")
+		c.send("a2 SELECT INBOX\r\n")
+		c.until("a2 OK")
+		return c
+	}
+
+	t.Run("bad input", func(t *testing.T) {
+		c := login(t)
+		for _, cmd := range []string{"b1 FETCH\r\n", "b2 UID FROB 1\r\n", "b3 FETCH 1:* (BODY[HEADER.FIELDS)\r\n", "b4 STORE x +FLAGS (\\Seen)\r\n",
+			"b5 SEARCH BEFORE notadate\r\n", "b6 NOOP \"open\r\n", "b7 SELECT {abc}\r\n", "b8 APPEND INBOX {999999999}\r\n"} {
+			tag, _, _ := strings.Cut(cmd, " ")
+			c.send(cmd)
+			if l := c.until(tag + " "); !strings.HasPrefix(l, tag+" BAD") && !strings.HasPrefix(l, tag+" NO") {
+				t.Errorf("%q answered %q", strings.TrimSpace(cmd), l)
+			}
+		}
+		c.send("b9 UID FETCH 1 (UID FLAGS)\r\n")
+		if l := c.until("b9 "); !strings.HasPrefix(l, "b9 OK") {
+			t.Fatalf("after bad input the session answered %q", l)
+		}
+	})
+
+	t.Run("Graph lost mid-body", func(t *testing.T) {
+		a, b := login(t), login(t)
+		a.send("c0 UID SEARCH HEADER Message-ID <big@e2e>\r\n")
+		found := a.until("* SEARCH ")
+		a.until("c0 OK")
+		uid := strings.TrimPrefix(found, "* SEARCH ")
+		g.BreakValue(50_000)
+		a.send("c1 UID FETCH " + uid + " BODY.PEEK[]\r\n")
+		if l := a.until("c1 "); !strings.HasPrefix(l, "c1 NO [UNAVAILABLE]") || !strings.Contains(l, "try again later") {
+			t.Errorf("a FETCH whose body broke off answered %q", l)
+		}
+		b.send("c2 UID FETCH 1:* (UID FLAGS RFC822.SIZE ENVELOPE)\r\n")
+		if l := b.until("c2 "); !strings.HasPrefix(l, "c2 OK") {
+			t.Errorf("another session meanwhile: %q", l)
+		}
+		g.BreakValue(-1)
+		a.send("c3 UID FETCH " + uid + " BODY.PEEK[]\r\n")
+		l := a.line()
+		if !strings.HasSuffix(l, fmt.Sprintf("{%d}", len(big))) {
+			t.Fatalf("the same FETCH once Graph is back: %q", l)
+		}
+		a.until("c3 OK")
+	})
+
+	t.Run("one session's folder read does not starve another's", func(t *testing.T) {
+		g.Latency = 30 * time.Millisecond
+		defer func() { g.Latency = 0 }()
+		a, b := login(t), login(t)
+		a.send("d1 FETCH 2:* BODY.PEEK[]\r\n") // 60 bodies, 30 ms each
+		time.Sleep(200 * time.Millisecond)
+		start := time.Now()
+		b.send("d2 SELECT INBOX\r\nd3 UID FETCH 1 (UID FLAGS ENVELOPE)\r\n")
+		b.until("d3 OK")
+		waited := time.Since(start)
+		aStart := time.Now()
+		a.until("d1 OK")
+		t.Logf("while a session read 60 bodies (%s more), another's SELECT and FETCH took %s", time.Since(aStart).Round(time.Millisecond), waited.Round(time.Millisecond))
+		if waited > time.Second {
+			t.Fatalf("another session waited %s behind a FETCH of a folder", waited)
+		}
+	})
+}

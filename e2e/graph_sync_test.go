@@ -356,3 +356,87 @@ func portOf(addr string) string {
 	_, p, _ := net.SplitHostPort(addr)
 	return p
 }
+
+// offlineimap (Python, imaplib2) keeps a tree too: every message byte for
+// byte, nothing downloaded twice, a flag set locally reaches Graph.
+func TestOfflineimapOverGraph(t *testing.T) {
+	need(t)
+	g := graphDouble(t)
+	box, _ := graphIMAPBox(t)
+	tr := fillTree(t, g, box, 0.02)
+	imapAddr := freeAddr(t)
+	cfg := writeConfig(t, "profiles:\n"+graphIMAPProfile("offline", box, imapAddr, "", t.TempDir(), ""))
+	startProxyFile(t, cfg, imapAddr)
+	dir := t.TempDir()
+	rc := filepath.Join(dir, "offlineimaprc")
+	os.WriteFile(rc, []byte(fmt.Sprintf(`[general]
+accounts = graph
+metadata = %s/meta
+
+[Account graph]
+localrepository = local
+remoterepository = remote
+
+[Repository local]
+type = Maildir
+localfolders = %s/mail
+
+[Repository remote]
+type = IMAP
+remotehost = 127.0.0.1
+remoteport = %s
+remoteuser = %s
+remotepass = %s
+ssl = no
+starttls = no
+`, dir, dir, portOf(imapAddr), localUser, localPass)), 0o600)
+	run := func() {
+		t.Helper()
+		cmd := exec.Command("offlineimap", "-c", rc, "-o", "-u", "basic")
+		cmd.Env = append(os.Environ(), "HOME="+dir)
+		out, err := cmd.CombinedOutput()
+		if err != nil || bytes.Contains(out, []byte("ERROR")) {
+			t.Fatalf("offlineimap: %v\n%s", err, out)
+		}
+	}
+	values := g.Values()
+	run()
+	files := maildir(t, filepath.Join(dir, "mail"))
+	graph := tr.onGraph(g)
+	seen := 0
+	for p, b := range files {
+		id, ok := tr.byMsgID[messageID(b)]
+		if !ok {
+			continue
+		}
+		seen++
+		want := bytes.ReplaceAll(graph[id].MIME, []byte("\r\n"), []byte("\n"))
+		if got := bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")); !bytes.Equal(got, want) {
+			t.Fatalf("%s differs from its $value (%d bytes, want %d)", p, len(got), len(want))
+		}
+	}
+	if seen != len(graph) || g.Values()-values != int64(len(graph)) {
+		t.Fatalf("offlineimap stored %d of %d messages with %d downloads", seen, len(graph), g.Values()-values)
+	}
+	values = g.Values()
+	run()
+	if n := g.Values() - values; n != 0 {
+		t.Fatalf("a second run downloaded %d messages", n)
+	}
+	for p, b := range files {
+		id := tr.byMsgID[messageID(b)]
+		if graph[id].Flag == "flagged" || !strings.Contains(p, ":2,") {
+			continue
+		}
+		base, info, _ := strings.Cut(p, ":2,")
+		if err := os.Rename(p, base+":2,F"+info); err != nil {
+			t.Fatal(err)
+		}
+		run()
+		if m, _ := g.Message(id); m.Flag != "flagged" {
+			t.Fatalf("a flag set in the Maildir did not reach Graph: %q", m.Flag)
+		}
+		return
+	}
+	t.Fatal("no unflagged message to flag")
+}

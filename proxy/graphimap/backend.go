@@ -7,6 +7,7 @@
 package graphimap
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -153,7 +154,8 @@ func (s *session) Serve(ctx context.Context, c proxy.Client) (up, down int64) {
 	s.b.sessions.Store(k, s)
 	defer s.b.sessions.Delete(k)
 	w := &wireConn{Conn: c.Conn, skip: 2, idle: c.IdleTimeout, touch: c.Touch, closed: make(chan struct{})}
-	w.in = io.MultiReader(strings.NewReader("mailproxy LOGIN "+k+" session\r\n"), &countingReader{r: io.MultiReader(bytes.NewReader(c.Pending), c.Conn), n: &w.up})
+	client := &countingReader{r: io.MultiReader(bytes.NewReader(c.Pending), c.Conn), n: &w.up}
+	w.in = &framer{r: bufio.NewReader(io.MultiReader(strings.NewReader("mailproxy LOGIN "+k+" session\r\n"), client)), bad: w.writeLine, maxLiteral: s.b.appendLimit()}
 	select {
 	case s.b.ln.ch <- w:
 	case <-s.b.ln.done:
@@ -186,6 +188,7 @@ func (i inner) Login(_ *imap.ConnInfo, key, _ string) (backend.User, error) {
 type wireConn struct {
 	net.Conn
 	in       io.Reader
+	mu       sync.Mutex // one writer at a time: go-imap's, or the framer's BAD
 	skip     int
 	idle     time.Duration
 	touch    func()
@@ -204,6 +207,8 @@ func (w *wireConn) Read(p []byte) (int, error) {
 }
 
 func (w *wireConn) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
 	n := len(p)
 	for w.skip > 0 && len(p) > 0 {
 		i := bytes.IndexByte(p, '\n')
@@ -225,6 +230,16 @@ func (w *wireConn) Write(p []byte) (int, error) {
 		return 0, err
 	}
 	return n, nil
+}
+
+// writeLine writes a response line of mailproxy's own.
+func (w *wireConn) writeLine(line string) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.Conn.SetWriteDeadline(time.Now().Add(time.Minute))
+	m, err := io.WriteString(w.Conn, oneLine(line)+"\r\n")
+	w.down.Add(int64(m))
+	return err
 }
 
 // SetDeadline is the server's own, which is off (AutoLogout 0): wireConn

@@ -107,7 +107,7 @@ func (c *selectCmd) Handle(conn server.Conn) error {
 	}
 	mb, err := u.GetMailbox(c.Mailbox)
 	if errors.Is(err, backend.ErrNoSuchMailbox) {
-		return no("NONEXISTENT", "there is no folder %s", canonical(c.Mailbox))
+		return no("NONEXISTENT", "there is no folder %s", truncate(canonical(c.Mailbox)))
 	}
 	if err != nil {
 		return err
@@ -280,7 +280,7 @@ func (c *appendCmd) Handle(conn server.Conn) error {
 	}
 	mb, err := u.GetMailbox(c.Mailbox)
 	if errors.Is(err, backend.ErrNoSuchMailbox) {
-		return no(imap.CodeTryCreate, "there is no folder %s", canonical(c.Mailbox))
+		return no(imap.CodeTryCreate, "there is no folder %s", truncate(canonical(c.Mailbox)))
 	}
 	if err != nil {
 		return err

@@ -141,6 +141,11 @@ func (m *mailbox) openBody(ctx context.Context, e mirror.Entry) (*os.File, int64
 			break
 		}
 	}
+	if _, ok := errors.AsType[*graph.Error](err); err != nil && !ok && ctx.Err() == nil {
+		// The answer broke off (a connection lost mid-body): Graph may
+		// give it whole next time.
+		err = &graph.Error{Profile: m.u.s.b.Profile, Op: "get MIME", Err: err}
+	}
 	if err != nil {
 		return nil, 0, err
 	}

@@ -181,7 +181,7 @@ func cmp(first, err error) error {
 func (m *mailbox) target(name string) (mirror.TreeFolder, *mirror.Folder, error) {
 	d, err := m.u.find(name)
 	if errors.Is(err, backend.ErrNoSuchMailbox) {
-		return d, nil, no(imap.CodeTryCreate, "there is no folder %s", canonical(name))
+		return d, nil, no(imap.CodeTryCreate, "there is no folder %s", truncate(canonical(name)))
 	}
 	if err != nil {
 		return d, nil, err

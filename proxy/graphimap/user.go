@@ -104,10 +104,10 @@ func displayName(leaf string) string { return strings.ReplaceAll(leaf, "∕", mi
 func (u *user) CreateMailbox(name string) error {
 	name = canonical(name)
 	if name == "" || strings.Contains(name, mirror.Delimiter+mirror.Delimiter) {
-		return no("CANNOT", "%q is not a folder name", name)
+		return no("CANNOT", "%q is not a folder name", truncate(name))
 	}
 	if _, err := u.find(name); err == nil {
-		return no("ALREADYEXISTS", "%s already exists", name)
+		return no("ALREADYEXISTS", "%s already exists", truncate(name))
 	} else if err != backend.ErrNoSuchMailbox {
 		return err
 	}
@@ -153,7 +153,7 @@ func (u *user) RenameMailbox(existing, newName string) error {
 		return no("CANNOT", "%s is one of Exchange's own folders, which cannot be renamed", f.Name)
 	}
 	if _, err := u.find(newName); err == nil {
-		return no("ALREADYEXISTS", "%s already exists", newName)
+		return no("ALREADYEXISTS", "%s already exists", truncate(newName))
 	} else if err != backend.ErrNoSuchMailbox {
 		return err
 	}

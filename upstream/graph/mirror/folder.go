@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"maps"
 	"slices"
 	"strings"
 	"sync"
@@ -175,8 +176,10 @@ func (f *Folder) read(ctx context.Context, c *graph.Client, link string) (round 
 			if b == nil {
 				return nil // forgotten meanwhile
 			}
-			for id, env := range envs {
-				if err := putJSON(b, envKey(id), env); err != nil {
+			// In key order: bbolt inserts into a node without splitting it
+			// before the commit, so keys out of order cost a memmove each.
+			for _, id := range slices.Sorted(maps.Keys(envs)) {
+				if err := putJSON(b, envKey(id), envs[id]); err != nil {
 					return err
 				}
 			}
@@ -264,14 +267,23 @@ func (f *Folder) apply(round []change, full bool, link string) error {
 				return err
 			}
 		}
-		for uid := range changed {
+		for _, uid := range slices.Sorted(maps.Keys(changed)) {
 			e, _, _ := Snapshot{List: list}.Find(uid)
 			if err := putJSON(b, uidKey(uid), e); err != nil {
 				return err
 			}
 		}
+		// In key order ("i" keys before "u" keys, each sorted; see read):
+		// a round's new messages are all of a folder the first time.
+		byID := slices.Clone(news)
+		slices.SortFunc(byID, func(a, b Entry) int { return strings.Compare(a.ID, b.ID) })
+		for _, e := range byID {
+			if err := b.Put(idKey(e.ID), be32(e.UID)); err != nil {
+				return err
+			}
+		}
 		for _, e := range news {
-			if err := putEntry(b, e); err != nil {
+			if err := putJSON(b, uidKey(e.UID), e); err != nil {
 				return err
 			}
 		}

@@ -27,13 +27,13 @@ const (
 )
 
 type env struct {
-	t    *testing.T
+	t    testing.TB
 	g    *fakegraph.Server
 	c    *graph.Client
 	path string
 }
 
-func newEnv(t *testing.T) *env {
+func newEnv(t testing.TB) *env {
 	t.Helper()
 	ip := idp.New()
 	isrv := httptest.NewServer(ip)

@@ -257,6 +257,16 @@ func TestIMAPOverGraphCommands(t *testing.T) {
 			t.Errorf("LSUB after UNSUBSCRIBE Filed: %s", s)
 		}
 	})
+	t.Run("check while serve holds the state", func(t *testing.T) {
+		start := time.Now()
+		out, err := mailproxyCmd("check", "-config", cfg, "m365imap").CombinedOutput()
+		if err != nil || !regexp.MustCompile(`imap   ok    served by mailproxy over Graph: \d+ folder\(s\) \(INBOX, Drafts, .*Work.*\), INBOX has \d+ message\(s\)`).Match(out) {
+			t.Fatalf("check: %v\n%s", err, out)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("check took %s: it must not wait for serve's state file", d)
+		}
+	})
 	t.Run("IDLE sees a message sent through SMTP → Graph", func(t *testing.T) {
 		ie := r["idle_exists"].([]any)
 		if ie[1].(float64) != ie[0].(float64)+1 || !strings.Contains(str("idle_done"), "OK") {

@@ -312,8 +312,14 @@ func (m *mailbox) expunge(uids *imap.SeqSet) error {
 	return m.u.s.fail("expunge", first)
 }
 
-// Expunge is CLOSE's: no responses.
-func (m *mailbox) Expunge() error { return m.expunge(nil) }
+// Expunge is CLOSE's: no responses, and nothing done in a folder opened
+// with EXAMINE (RFC 3501 §6.4.2).
+func (m *mailbox) Expunge() error {
+	if m.readOnly || m.f == nil {
+		return nil
+	}
+	return m.expunge(nil)
+}
 
 // uidList writes UIDs as an IMAP set, ranges joined.
 func uidList(uids []uint32) string {

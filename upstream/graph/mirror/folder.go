@@ -171,7 +171,7 @@ func (f *Folder) read(ctx context.Context, c *graph.Client, link string) (round 
 			round = append(round, change{e: e})
 			envs[m.ID] = env
 		}
-		return f.mb.db.Update(func(tx *bbolt.Tx) error {
+		return f.mb.update(func(tx *bbolt.Tx) error {
 			b := tx.Bucket(folderBucket(f.ID))
 			if b == nil {
 				return nil // forgotten meanwhile
@@ -257,7 +257,7 @@ func (f *Folder) apply(round []change, full bool, link string) error {
 		next++
 	}
 	list = append(list, news...)
-	err := f.mb.db.Update(func(tx *bbolt.Tx) error {
+	err := f.mb.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(folderBucket(f.ID))
 		if b == nil {
 			return nil
@@ -335,7 +335,7 @@ func saveMeta(tx *bbolt.Tx, id string, m folderMeta) error {
 
 // Envelope is a message's envelope, as last read from Graph.
 func (f *Folder) Envelope(id string) (env Envelope, ok bool) {
-	f.mb.db.View(func(tx *bbolt.Tx) error {
+	f.mb.view(func(tx *bbolt.Tx) error {
 		if b := tx.Bucket(folderBucket(f.ID)); b != nil {
 			if v := b.Get(envKey(id)); v != nil {
 				ok = json.Unmarshal(v, &env) == nil
@@ -367,7 +367,7 @@ func (f *Folder) Update(uids []uint32, fn func(*Entry)) error {
 	if len(changed) == 0 {
 		return nil
 	}
-	err := f.mb.db.Update(func(tx *bbolt.Tx) error {
+	err := f.mb.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(folderBucket(f.ID))
 		if b == nil {
 			return nil
@@ -410,7 +410,7 @@ func (f *Folder) Remove(ids []string) error {
 			list = append(list, e)
 		}
 	}
-	err := f.mb.db.Update(func(tx *bbolt.Tx) error {
+	err := f.mb.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(folderBucket(f.ID))
 		if b == nil {
 			return nil
@@ -444,7 +444,7 @@ func (f *Folder) Add(e Entry, env Envelope) (uint32, error) {
 		return uid, nil
 	}
 	e.UID = f.next
-	err := f.mb.db.Update(func(tx *bbolt.Tx) error {
+	err := f.mb.update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket(folderBucket(f.ID))
 		if b == nil {
 			return errors.New("the folder is no longer mirrored")

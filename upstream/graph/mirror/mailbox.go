@@ -74,6 +74,30 @@ func (m *Mailbox) Close() error {
 	return err
 }
 
+// ErrClosed: the mirror's file was closed (the process is stopping).
+var ErrClosed = errors.New("the graph state file is closed")
+
+// update and view run a transaction on the state file, if it is open.
+func (m *Mailbox) update(fn func(*bbolt.Tx) error) error {
+	m.mu.Lock()
+	db := m.db
+	m.mu.Unlock()
+	if db == nil {
+		return ErrClosed
+	}
+	return db.Update(fn)
+}
+
+func (m *Mailbox) view(fn func(*bbolt.Tx) error) error {
+	m.mu.Lock()
+	db := m.db
+	m.mu.Unlock()
+	if db == nil {
+		return ErrClosed
+	}
+	return db.View(fn)
+}
+
 // Folder is the mirror of the folder with id, loaded at its first use.
 func (m *Mailbox) Folder(id string) (*Folder, error) {
 	if err := m.Open(); err != nil {

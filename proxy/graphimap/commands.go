@@ -67,6 +67,18 @@ func selected(conn server.Conn) *mailbox {
 	return m
 }
 
+// writable is the selected folder, which SELECT opened for changes.
+func writable(conn server.Conn) (*mailbox, error) {
+	switch m := selected(conn); {
+	case m == nil:
+		return nil, server.ErrNoMailboxSelected
+	case m.readOnly:
+		return nil, server.ErrMailboxReadOnly
+	default:
+		return m, nil
+	}
+}
+
 func userOf(conn server.Conn) (*user, error) {
 	u, ok := conn.Context().User.(*user)
 	if !ok {
@@ -229,14 +241,11 @@ func (c *expunge) UidHandle(conn server.Conn) error {
 }
 
 func (c *expunge) run(conn server.Conn) error {
-	m := selected(conn)
-	switch {
-	case m == nil:
-		return server.ErrNoMailboxSelected
-	case m.readOnly:
-		return server.ErrMailboxReadOnly
+	m, err := writable(conn)
+	if err != nil {
+		return err
 	}
-	err := m.expunge(c.set)
+	err = m.expunge(c.set)
 	if uerr := m.update(conn, m.f.Snapshot()); err == nil {
 		err = uerr
 	}
@@ -250,12 +259,9 @@ func (c *move) Handle(conn server.Conn) error    { return c.run(conn, false) }
 func (c *move) UidHandle(conn server.Conn) error { return c.run(conn, true) }
 
 func (c *move) run(conn server.Conn, uid bool) error {
-	m := selected(conn)
-	switch {
-	case m == nil:
-		return server.ErrNoMailboxSelected
-	case m.readOnly:
-		return server.ErrMailboxReadOnly
+	m, err := writable(conn)
+	if err != nil {
+		return err
 	}
 	code, err := m.move(m.v.resolve(uid, c.SeqSet), c.Mailbox)
 	if code != nil {

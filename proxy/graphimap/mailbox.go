@@ -237,16 +237,12 @@ func (m *mailbox) update(conn server.Conn, snap mirror.Snapshot) error {
 	if len(snap.List) != len(old.snap.List)-gone {
 		lines = append(lines, fmt.Sprintf("* %d EXISTS", len(snap.List)))
 	}
-	seq := 0
 	for i := range old.snap.List {
 		was := old.entry(i)
 		now, j, ok := snap.Find(was.UID)
-		if !ok {
-			continue
-		}
-		seq = j + 1
-		if now.Flags != was.Flags || !slices.Equal(now.Keywords, was.Keywords) {
-			lines = append(lines, fmt.Sprintf("* %d FETCH (UID %d FLAGS (%s))", seq, now.UID, strings.Join(flagList(now), " ")))
+		if ok && (now.Flags != was.Flags || !slices.Equal(now.Keywords, was.Keywords)) {
+			// j+1: the number after the EXPUNGEs above.
+			lines = append(lines, fmt.Sprintf("* %d FETCH (UID %d FLAGS (%s))", j+1, now.UID, strings.Join(flagList(now), " ")))
 		}
 	}
 	m.v = view{snap: snap}

@@ -69,6 +69,10 @@ func flagBits(flags []string) (mirror.Flags, []string) {
 // (in lower case).
 func apply(e mirror.Entry, op imap.FlagsOp, flags []string) mirror.Entry {
 	bits, kw := flagBits(flags)
+	bits = bits&^mirror.Draft | e.Flags&mirror.Draft
+	if op == imap.RemoveFlags {
+		bits &^= mirror.Draft
+	}
 	has := func(list []string, k string) bool {
 		return slices.ContainsFunc(list, func(x string) bool { return strings.EqualFold(x, k) })
 	}
@@ -133,16 +137,23 @@ func (m *mailbox) UpdateMessagesFlags(uid bool, set *imap.SeqSet, op imap.FlagsO
 	return m.store(m.v.resolve(uid, set), op, flags)
 }
 
-// store changes flags on Graph, then in the mirror and the view. A
-// message whose change Graph refused keeps its flags; the first failure
-// is the command's answer.
+// store changes flags on Graph, then in the mirror and the view. The
+// change applies to the folder as the mirror has it now (another
+// session's changes included). A message whose change Graph refused
+// keeps its flags; the first failure is the command's answer.
 func (m *mailbox) store(refs []ref, op imap.FlagsOp, flags []string) error {
+	now := m.f.Snapshot()
+	olds := make([]mirror.Entry, len(refs))
 	news := make([]mirror.Entry, len(refs))
 	for i, r := range refs {
-		news[i] = apply(r.e, op, flags)
+		olds[i] = r.e
+		if e, _, ok := now.Find(r.e.UID); ok {
+			olds[i] = e
+		}
+		news[i] = apply(olds[i], op, flags)
 	}
 	errs := each(len(refs), func(i int) error {
-		p := patch(refs[i].e, news[i])
+		p := patch(olds[i], news[i])
 		if p == nil {
 			return nil
 		}
@@ -162,7 +173,7 @@ func (m *mailbox) store(refs []ref, op imap.FlagsOp, flags []string) error {
 	}
 	if err := m.f.Update(uids, func(e *mirror.Entry) {
 		n := byUID[e.UID]
-		e.Flags, e.Keywords = e.Flags&mirror.Draft|n.Flags&^mirror.Draft, n.Keywords
+		e.Flags, e.Keywords = n.Flags, n.Keywords
 	}); err != nil {
 		first = cmp(first, err)
 	}

@@ -51,19 +51,22 @@ type Options struct {
 	// Test runs mailproxy check for a profile.
 	Test func(ctx context.Context, profile string) (report string, ok bool)
 	// Ready lists what keeps the process from serving (listeners not up).
-	Ready   func() []string
+	Ready func() []string
+	// Reload re-reads the configuration (POST /reload); nil: not offered.
+	Reload  func(ctx context.Context) error
 	Metrics *Metrics
 	Logger  *slog.Logger
 }
 
-// Server is the admin HTTP handler.
+// Server is the admin HTTP handler. A reload hands it the new profiles
+// and credentials (Update); sign-ins under way survive it.
 type Server struct {
+	mux *http.ServeMux
+
+	mu       sync.Mutex
 	o        Options
 	profiles map[string]*Profile
-	mux      *http.ServeMux
-
-	mu      sync.Mutex
-	pending map[string]signIn // by state
+	pending  map[string]signIn // by state
 }
 
 type signIn struct {
@@ -88,13 +91,8 @@ var page = template.Must(template.New("page.html").Funcs(template.FuncMap{
 
 // New builds the server.
 func New(o Options) *Server {
-	if o.Logger == nil {
-		o.Logger = slog.New(slog.DiscardHandler)
-	}
-	s := &Server{o: o, profiles: map[string]*Profile{}, pending: map[string]signIn{}, mux: http.NewServeMux()}
-	for i := range o.Profiles {
-		s.profiles[o.Profiles[i].Name] = &o.Profiles[i]
-	}
+	s := &Server{pending: map[string]signIn{}, mux: http.NewServeMux()}
+	s.Update(o)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ok") })
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.HandleFunc("GET /oauth/callback", s.callback)
@@ -102,7 +100,49 @@ func New(o Options) *Server {
 	s.mux.Handle("GET /{$}", s.auth(http.HandlerFunc(s.index)))
 	s.mux.Handle("POST /profiles/{name}/signin", s.auth(s.sameOrigin(s.startSignIn)))
 	s.mux.Handle("POST /profiles/{name}/test", s.auth(s.sameOrigin(s.test)))
+	s.mux.Handle("POST /reload", s.auth(s.sameOrigin(s.reload)))
 	return s
+}
+
+// Update takes the options of a new configuration (Metrics stay the
+// server's first).
+func (s *Server) Update(o Options) {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	profiles := map[string]*Profile{}
+	for i := range o.Profiles {
+		profiles[o.Profiles[i].Name] = &o.Profiles[i]
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.o.Metrics != nil {
+		o.Metrics = s.o.Metrics
+	}
+	s.o, s.profiles = o, profiles
+}
+
+// now is the options and profiles in force.
+func (s *Server) now() (Options, map[string]*Profile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.o, s.profiles
+}
+
+// reload re-reads the configuration: 200, or 422 with every reason.
+func (s *Server) reload(w http.ResponseWriter, r *http.Request) {
+	o, _ := s.now()
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	if o.Reload == nil {
+		http.Error(w, "this process has no configuration file to reload", http.StatusNotFound)
+		return
+	}
+	if err := o.Reload(r.Context()); err != nil {
+		w.WriteHeader(http.StatusUnprocessableEntity)
+		fmt.Fprintf(w, "reload refused; the configuration in force stays:\n%v\n", err)
+		return
+	}
+	fmt.Fprintln(w, "reloaded")
 }
 
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
@@ -115,11 +155,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 func (s *Server) auth(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		eq := func(a, b string) bool { return b != "" && subtle.ConstantTimeCompare([]byte(a), []byte(b)) == 1 }
-		if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && eq(bearer, s.o.Token) {
+		o, _ := s.now()
+		if bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer "); ok && eq(bearer, o.Token) {
 			h.ServeHTTP(w, r)
 			return
 		}
-		if u, p, ok := r.BasicAuth(); ok && eq(u, s.o.Username) && eq(p, s.o.Password) {
+		if u, p, ok := r.BasicAuth(); ok && eq(u, o.Username) && eq(p, o.Password) {
 			h.ServeHTTP(w, r)
 			return
 		}
@@ -160,8 +201,9 @@ type view struct {
 }
 
 func (s *Server) rows() []row {
+	o, _ := s.now()
 	var out []row
-	for _, p := range s.o.Profiles {
+	for _, p := range o.Profiles {
 		r := row{Profile: p, Usable: true}
 		if p.Tokens != nil {
 			r.HasTokens = true
@@ -178,13 +220,15 @@ func (s *Server) render(w http.ResponseWriter, status int, v view) {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.WriteHeader(status)
 	if err := page.Execute(w, v); err != nil {
-		s.o.Logger.Warn("admin page", "err", err)
+		o, _ := s.now()
+		o.Logger.Warn("admin page", "err", err)
 	}
 }
 
 func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 	v := view{}
-	if name := r.URL.Query().Get("signed_in"); s.profiles[name] != nil {
+	_, profiles := s.now()
+	if name := r.URL.Query().Get("signed_in"); profiles[name] != nil {
 		v.Notice = "Signed in: profile " + name + " has a new grant."
 	}
 	s.render(w, http.StatusOK, v)
@@ -192,8 +236,8 @@ func (s *Server) index(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 	var problems []string
-	if s.o.Ready != nil {
-		problems = s.o.Ready()
+	if o, _ := s.now(); o.Ready != nil {
+		problems = o.Ready()
 	}
 	for _, r := range s.rows() {
 		switch {
@@ -219,8 +263,8 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 }
 
 func (s *Server) redirectURL(r *http.Request) string {
-	if s.o.RedirectURL != "" {
-		return s.o.RedirectURL
+	if o, _ := s.now(); o.RedirectURL != "" {
+		return o.RedirectURL
 	}
 	scheme := "http"
 	if r.TLS != nil {
@@ -230,7 +274,8 @@ func (s *Server) redirectURL(r *http.Request) string {
 }
 
 func (s *Server) startSignIn(w http.ResponseWriter, r *http.Request) {
-	p := s.profiles[r.PathValue("name")]
+	o, profiles := s.now()
+	p := profiles[r.PathValue("name")]
 	if p == nil || p.Delegated == nil {
 		s.render(w, http.StatusNotFound, view{Problem: "That profile has no credential a person signs in to."})
 		return
@@ -257,7 +302,7 @@ func (s *Server) startSignIn(w http.ResponseWriter, r *http.Request) {
 		s.render(w, http.StatusTooManyRequests, view{Problem: "Too many sign-ins under way: finish one or wait 10 minutes."})
 		return
 	}
-	s.o.Logger.Info("sign-in started from the admin page", "profile", p.Name)
+	o.Logger.Info("sign-in started from the admin page", "profile", p.Name)
 	http.Redirect(w, r, authURL, http.StatusSeeOther)
 }
 
@@ -273,18 +318,23 @@ func (s *Server) callback(w http.ResponseWriter, r *http.Request) {
 		s.render(w, http.StatusBadRequest, view{Problem: "This sign-in is unknown or expired: press Get token again."})
 		return
 	}
-	p := s.profiles[si.profile]
+	o, profiles := s.now()
+	p := profiles[si.profile]
+	if p == nil || p.Delegated == nil {
+		s.render(w, http.StatusBadRequest, view{Problem: "profile " + si.profile + " is no longer in the configuration."})
+		return
+	}
 	code, err := tokens.CodeFromRedirect(r.URL, state)
 	who := ""
 	if err == nil {
 		who, err = p.Delegated.Redeem(r.Context(), p.Account, code, si.redirect, si.verifier)
 	}
 	if err != nil {
-		s.o.Logger.Warn("sign-in failed", "profile", p.Name, "err", err)
+		o.Logger.Warn("sign-in failed", "profile", p.Name, "err", err)
 		s.render(w, http.StatusBadRequest, view{Problem: fmt.Sprintf("profile %s: sign-in failed: %v", p.Name, err)})
 		return
 	}
-	s.o.Logger.Info("signed in from the admin page", "profile", p.Name, "account", who)
+	o.Logger.Info("signed in from the admin page", "profile", p.Name, "account", who)
 	if !strings.EqualFold(who, p.Account) {
 		s.render(w, http.StatusOK, view{Problem: fmt.Sprintf("profile %s uses %s, but %s signed in; that grant is saved, but this profile still needs %s.", p.Name, p.Account, who, p.Account)})
 		return
@@ -311,10 +361,11 @@ func waitUsable(ctx context.Context, p *Profile) {
 
 func (s *Server) test(w http.ResponseWriter, r *http.Request) {
 	name := r.PathValue("name")
-	if s.profiles[name] == nil || s.o.Test == nil {
+	o, profiles := s.now()
+	if profiles[name] == nil || o.Test == nil {
 		s.render(w, http.StatusNotFound, view{Problem: "No such profile."})
 		return
 	}
-	report, ok := s.o.Test(r.Context(), name)
+	report, ok := o.Test(r.Context(), name)
 	s.render(w, http.StatusOK, view{TestName: name, TestOK: ok, Report: report})
 }

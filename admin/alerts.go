@@ -31,6 +31,20 @@ type Webhook struct {
 
 	once  sync.Once
 	queue chan Notice
+	urlMu sync.Mutex // URL changes on reload
+}
+
+// SetURL changes where notices go ("": nowhere), for a reload.
+func (h *Webhook) SetURL(u string) {
+	h.urlMu.Lock()
+	defer h.urlMu.Unlock()
+	h.URL = u
+}
+
+func (h *Webhook) url() string {
+	h.urlMu.Lock()
+	defer h.urlMu.Unlock()
+	return h.URL
 }
 
 // Notice is the webhook's body.
@@ -80,6 +94,9 @@ func (h *Webhook) NeedsSignIn(e *tokens.Error) {
 }
 
 func (h *Webhook) send(ctx context.Context, n Notice) {
+	if h.url() == "" {
+		return // alerts.webhook_url is not set
+	}
 	body, _ := json.Marshal(n)
 	var err error
 	wait := h.Backoff
@@ -106,7 +123,7 @@ func (h *Webhook) send(ctx context.Context, n Notice) {
 func (h *Webhook) post(ctx context.Context, body []byte) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.URL, bytes.NewReader(body))
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.url(), bytes.NewReader(body))
 	if err != nil {
 		return err
 	}

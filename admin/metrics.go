@@ -2,6 +2,7 @@ package admin
 
 import (
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,9 @@ type Metrics struct {
 	graph     *prometheus.CounterVec
 	throttled *prometheus.CounterVec
 	retries   *prometheus.CounterVec
+	reloads   *prometheus.CounterVec
+	reloadBad prometheus.Gauge
+	tokens    *tokenStates
 }
 
 // TokenSource is what the metrics read of a profile's token cache.
@@ -62,9 +66,14 @@ func NewMetrics(caches map[string]TokenSource, store interface{ Unsaved() int })
 		Help: "Microsoft Graph requests answered 429 (throttled)."}, []string{"profile"})
 	m.retries = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_graph_retries_total",
 		Help: "Microsoft Graph requests tried again, by reason (throttled, unavailable, token)."}, []string{"profile", "reason"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_config_reloads_total",
+		Help: "Reloads of the configuration file, by result (ok, failed)."}, []string{"result"})
+	m.reloadBad = prometheus.NewGauge(prometheus.GaugeOpts{Name: "mailproxy_config_last_reload_failed",
+		Help: "1 when the last reload was refused (the configuration before it stays in force)."})
+	m.tokens = &tokenStates{caches: caches}
 	for _, c := range []prometheus.Collector{m.sessions, m.active, m.bytes, m.messages, m.msgBytes, m.errors, m.loginTime, m.relayTime,
-		m.graph, m.throttled, m.retries,
-		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), tokenCollector(caches)} {
+		m.graph, m.throttled, m.retries, m.reloads, m.reloadBad,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), m.tokens} {
 		f(c)
 	}
 	if store != nil {
@@ -124,9 +133,30 @@ func (m *Metrics) GraphRetry(profile, reason string) {
 	m.retries.WithLabelValues(profile, reason).Inc()
 }
 
-type tokenStates map[string]TokenSource
+// Reloaded counts a reload of the configuration: ok, or refused.
+func (m *Metrics) Reloaded(ok bool) {
+	if ok {
+		m.reloads.WithLabelValues("ok").Inc()
+		m.reloadBad.Set(0)
+		return
+	}
+	m.reloads.WithLabelValues("failed").Inc()
+	m.reloadBad.Set(1)
+}
 
-func tokenCollector(caches map[string]TokenSource) prometheus.Collector { return tokenStates(caches) }
+// SetTokenSources replaces the caches whose state is reported (a reload
+// changed the profiles).
+func (m *Metrics) SetTokenSources(caches map[string]TokenSource) {
+	m.tokens.mu.Lock()
+	defer m.tokens.mu.Unlock()
+	m.tokens.caches = caches
+}
+
+// tokenStates reports the token caches' state when scraped.
+type tokenStates struct {
+	mu     sync.Mutex
+	caches map[string]TokenSource
+}
 
 var (
 	descRefreshes = prometheus.NewDesc("mailproxy_token_refreshes_total", "Successful token requests.", []string{"profile"}, nil)
@@ -135,15 +165,18 @@ var (
 	descSignIn    = prometheus.NewDesc("mailproxy_token_needs_sign_in", "1 when a person must sign in again (mailproxy token add).", []string{"profile"}, nil)
 )
 
-func (t tokenStates) Describe(ch chan<- *prometheus.Desc) {
+func (t *tokenStates) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descRefreshes
 	ch <- descFailures
 	ch <- descValid
 	ch <- descSignIn
 }
 
-func (t tokenStates) Collect(ch chan<- prometheus.Metric) {
-	for name, c := range t {
+func (t *tokenStates) Collect(ch chan<- prometheus.Metric) {
+	t.mu.Lock()
+	caches := t.caches
+	t.mu.Unlock()
+	for name, c := range caches {
 		st := c.State()
 		valid := 0.0
 		if !st.ValidUntil.IsZero() {

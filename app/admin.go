@@ -3,6 +3,7 @@ package app
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"time"
@@ -26,7 +27,7 @@ func (a *App) buildAdmin() error {
 		}
 		profiles = append(profiles, ap)
 	}
-	h := admin.New(admin.Options{
+	o := admin.Options{
 		Profiles: profiles, Username: c.Username, Password: c.Password.Value(), Token: c.Token.Value(),
 		RedirectURL: c.RedirectURL, Metrics: a.metrics, Logger: a.log,
 		Test: func(ctx context.Context, profile string) (string, bool) {
@@ -34,9 +35,13 @@ func (a *App) buildAdmin() error {
 			ok := a.Check(ctx, profile, "", &out)
 			return out.String(), ok
 		},
-		Ready: a.notReady,
-	})
-	srv := &http.Server{Addr: c.Listen, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+		Ready:  a.notReady,
+		Reload: a.reloadFunc(),
+	}
+	// One handler for the process (takeOver): a reload hands it the new
+	// profiles, and sign-ins under way go on.
+	a.adminOpts = &o
+	srv := &http.Server{Addr: c.Listen, ReadHeaderTimeout: 10 * time.Second}
 	if c.TLS != nil {
 		tc, err := serverTLS(c.TLS)
 		if err != nil {
@@ -55,6 +60,12 @@ func (a *App) notReady() []string {
 	if !a.ready.Load() {
 		out = append(out, "listeners are not up")
 	}
+	a.shared.mu.Lock()
+	problem := a.reloadProblem
+	a.shared.mu.Unlock()
+	if problem != "" {
+		out = append(out, "the last reload was refused, the configuration before it is in force: "+problem)
+	}
 	if a.vault != nil {
 		if err := a.vault.Durable(); err != nil {
 			out = append(out, err.Error()+"; a restart before then loses them")
@@ -62,6 +73,23 @@ func (a *App) notReady() []string {
 	}
 	return out
 }
+
+// reloadFunc is what POST /reload runs: the reload of the process serving,
+// if any, looked up when asked (Serve sets it).
+func (a *App) reloadFunc() func(context.Context) error {
+	return func(ctx context.Context) error {
+		a.shared.mu.Lock()
+		f := a.reload
+		a.shared.mu.Unlock()
+		if f == nil {
+			return errNoReload
+		}
+		return f(ctx)
+	}
+}
+
+// errNoReload: the process was not started from a configuration file.
+var errNoReload = errors.New("this process was not started from a configuration file (mailproxy demo): nothing to reload")
 
 // credentialLabel names a credential for people.
 func credentialLabel(c config.Credentials) string {

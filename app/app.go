@@ -9,14 +9,17 @@ package app
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -37,29 +40,52 @@ type Options struct {
 	// one-off command (check, token) refuses to redeem a refresh token
 	// while the store cannot be written instead.
 	Serving bool
+	// Prev is the App a reload replaces: the token store, the token caches
+	// of credentials that did not change, the Graph mirrors, the metrics
+	// and the admin server's sign-ins under way are taken over from it.
+	Prev *App
 }
 
 // App is everything built from a configuration.
 type App struct {
-	cfg   *config.Config
-	log   *slog.Logger
-	vault *tokens.Vault // nil without token_store
+	*shared
+	cfg *config.Config
+	log *slog.Logger
 	// creds are the profiles' token credentials; profiles with equal
 	// credentials share one.
-	creds map[string]*credential
-	smtp  map[string]*upstream.SMTP
-	imap  map[string]*upstream.IMAP
-	pop3  map[string]*upstream.POP3
-	graph map[string]*graphProfile
+	creds     map[string]*credential
+	smtp      map[string]*upstream.SMTP
+	imap      map[string]*upstream.IMAP
+	pop3      map[string]*upstream.POP3
+	graph     map[string]*graphProfile
+	listeners []*listener
+	admin     *http.Server
+	adminOpts *admin.Options
+	ready     atomic.Bool
+}
+
+// shared is what the Apps of one process have in common, one after
+// another across reloads.
+type shared struct {
+	storeKey string        // token_store as configured: a change needs a restart
+	vault    *tokens.Vault // nil without token_store
+	// creds are every credential built, by what makes it the same (its
+	// settings and secrets): a reload keeps their tokens.
+	creds  map[string]*credential
+	msApps map[string]*tokens.MicrosoftApp
 	// mirrors are the Graph mailboxes served over IMAP, by state file.
 	mirrors map[string]*mirror.Mailbox
 	// graphLimiter bounds Graph requests per app and mailbox, process-wide.
 	graphLimiter *graph.Limiter
+	logins       map[int]*proxy.LoginGuard // by failed logins a minute
 	metrics      *admin.Metrics
 	webhook      *admin.Webhook
-	listeners    []*listener
-	admin        *http.Server
-	ready        atomic.Bool
+	adminHandler *admin.Server
+	// reloadProblem is why the last reload was refused ("" when it was
+	// not); reload re-reads the file (nil: no file to read).
+	mu            sync.Mutex
+	reloadProblem string
+	reload        func(context.Context) error
 }
 
 // credential is a token cache and, for a credential a person grants, its
@@ -77,36 +103,23 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 	}
 	a := &App{cfg: cfg, log: o.Logger, creds: map[string]*credential{},
 		smtp: map[string]*upstream.SMTP{}, imap: map[string]*upstream.IMAP{}, pop3: map[string]*upstream.POP3{},
-		graph: map[string]*graphProfile{}, mirrors: map[string]*mirror.Mailbox{}, graphLimiter: graph.NewLimiter(graph.DefaultConcurrency)}
-	if ts := cfg.TokenStore; ts != nil {
-		key, err := tokens.ParseKey(ts.Key.Value())
-		if err != nil {
-			return nil, fmt.Errorf("token_store.key: %w", err)
+		graph: map[string]*graphProfile{}}
+	if o.Prev != nil {
+		a.shared = o.Prev.shared
+		if storeKey(cfg) != a.storeKey {
+			return nil, errors.New("token_store: changed: a reload keeps the token store in use; restart mailproxy to use another")
 		}
-		fs, err := tokens.NewFileStore(ts.Path, key)
+	} else {
+		sh, err := newShared(ctx, cfg, o)
 		if err != nil {
 			return nil, err
 		}
-		if a.vault, err = tokens.NewVault(ctx, fs, tokens.VaultOptions{Logger: a.log, KeepInMemory: o.Serving}); err != nil {
-			return nil, err
-		}
-	}
-	if u := cfg.Alerts.WebhookURL; u.IsSet() {
-		a.webhook = &admin.Webhook{URL: u.Value(), Client: &http.Client{Timeout: 15 * time.Second}, Logger: a.log}
+		a.shared = sh
 	}
 	var errs []error
 	if err := a.buildCredentials(); err != nil {
 		errs = append(errs, err)
 	}
-	sources := map[string]admin.TokenSource{}
-	for name, c := range a.creds {
-		sources[name] = c.cache
-	}
-	var unsaved interface{ Unsaved() int }
-	if a.vault != nil {
-		unsaved = a.vault
-	}
-	a.metrics = admin.NewMetrics(sources, unsaved)
 	for _, name := range cfg.ProfileNames() {
 		if err := a.buildUpstreams(cfg.Profiles[name]); err != nil {
 			errs = append(errs, err)
@@ -121,7 +134,67 @@ func New(ctx context.Context, cfg *config.Config, o Options) (*App, error) {
 	if err := errors.Join(errs...); err != nil {
 		return nil, err
 	}
+	if o.Prev == nil {
+		a.takeOver()
+	}
 	return a, nil
+}
+
+// takeOver makes a the App the process-wide parts serve: the metrics read
+// its token caches, alerts go to its webhook, the admin server shows its
+// profiles. A reload calls it once the new App is in force, so that a
+// refused one changes nothing.
+func (a *App) takeOver() {
+	sources := map[string]admin.TokenSource{}
+	for name, c := range a.creds {
+		sources[name] = c.cache
+	}
+	a.metrics.SetTokenSources(sources)
+	a.webhook.SetURL(a.cfg.Alerts.WebhookURL.Value())
+	if a.adminOpts != nil {
+		if a.adminHandler == nil {
+			a.adminHandler = admin.New(*a.adminOpts)
+		} else {
+			a.adminHandler.Update(*a.adminOpts)
+		}
+		a.admin.Handler = a.adminHandler
+	}
+}
+
+// newShared opens the token store and makes what the Apps of a process
+// share.
+func newShared(ctx context.Context, cfg *config.Config, o Options) (*shared, error) {
+	sh := &shared{storeKey: storeKey(cfg), creds: map[string]*credential{}, msApps: map[string]*tokens.MicrosoftApp{},
+		mirrors: map[string]*mirror.Mailbox{}, graphLimiter: graph.NewLimiter(graph.DefaultConcurrency), logins: map[int]*proxy.LoginGuard{},
+		webhook: &admin.Webhook{Client: &http.Client{Timeout: 15 * time.Second}, Logger: o.Logger}}
+	if ts := cfg.TokenStore; ts != nil {
+		key, err := tokens.ParseKey(ts.Key.Value())
+		if err != nil {
+			return nil, fmt.Errorf("token_store.key: %w", err)
+		}
+		fs, err := tokens.NewFileStore(ts.Path, key)
+		if err != nil {
+			return nil, err
+		}
+		if sh.vault, err = tokens.NewVault(ctx, fs, tokens.VaultOptions{Logger: o.Logger, KeepInMemory: o.Serving}); err != nil {
+			return nil, err
+		}
+	}
+	var unsaved interface{ Unsaved() int }
+	if sh.vault != nil {
+		unsaved = sh.vault
+	}
+	sh.metrics = admin.NewMetrics(nil, unsaved)
+	return sh, nil
+}
+
+// storeKey is the token store's settings.
+func storeKey(cfg *config.Config) string {
+	if ts := cfg.TokenStore; ts != nil {
+		sum := sha256.Sum256([]byte(ts.Key.Value()))
+		return ts.Path + "\x00" + hex.EncodeToString(sum[:])
+	}
+	return ""
 }
 
 // Config is the configuration the App was built from.
@@ -172,28 +245,23 @@ func keyOf(p *config.Profile) credentialKey {
 
 func (a *App) buildCredentials() error {
 	hc := &http.Client{Timeout: 30 * time.Second}
-	shared := map[credentialKey]*credential{}
-	msApps := map[string]*tokens.MicrosoftApp{}
 	var errs []error
 	for _, name := range a.cfg.ProfileNames() {
 		p := a.cfg.Profiles[name]
 		if !p.Credentials.UsesTokens() {
 			continue
 		}
-		key := keyOf(p)
-		if c := shared[key]; c != nil {
+		key := reuseKey(p)
+		if c := a.shared.creds[key]; c != nil {
 			a.creds[name] = c
 			continue
 		}
-		f, err := a.fetcher(p, hc, msApps)
+		f, err := a.fetcher(p, hc, a.msApps)
 		if err != nil {
 			errs = append(errs, fmt.Errorf("profile %q: credentials: %w", name, err))
 			continue
 		}
-		opts := tokens.CacheOptions{Logger: a.log}
-		if a.webhook != nil {
-			opts.OnNeedsSignIn = a.webhook.Notify
-		}
+		opts := tokens.CacheOptions{Logger: a.log, OnNeedsSignIn: a.webhook.Notify}
 		c := &credential{}
 		if d, ok := f.(tokens.Delegated); ok {
 			c.delegated = d
@@ -204,10 +272,28 @@ func (a *App) buildCredentials() error {
 			}
 		}
 		c.cache = tokens.NewCache(name, f, opts)
-		shared[key] = c
+		a.shared.creds[key] = c
 		a.creds[name] = c
 	}
 	return errors.Join(errs...)
+}
+
+// reuseKey is what makes two profiles' credentials one: their settings,
+// and a digest of their secrets and of the files they read, so that a
+// reload with a new client secret or certificate makes a new one.
+func reuseKey(p *config.Profile) string {
+	c := p.Credentials
+	h := sha256.New()
+	for _, v := range []string{c.ClientSecret.Value(), c.CertificatePassword.Value(), c.RefreshToken.Value(), c.Password.Value()} {
+		fmt.Fprintf(h, "%d:%s", len(v), v)
+	}
+	for _, f := range []string{c.CertificateFile, c.KeyFile} {
+		if f != "" {
+			data, err := os.ReadFile(f)
+			fmt.Fprintf(h, "%s:%v:%x", f, err, sha256.Sum256(data))
+		}
+	}
+	return fmt.Sprintf("%v %x", keyOf(p), h.Sum(nil))
 }
 
 func (a *App) fetcher(p *config.Profile, hc *http.Client, msApps map[string]*tokens.MicrosoftApp) (tokens.Fetcher, error) {

@@ -19,10 +19,11 @@ type localServer interface {
 	Shutdown(context.Context) error
 }
 
-// listener is one local address: its protocol and server.
+// listener is one local address: its protocol, settings and server.
 type listener struct {
 	addr  string
 	proto string
+	cfg   config.Listener
 	srv   localServer
 }
 
@@ -84,7 +85,12 @@ func (a *App) buildListeners() error {
 			}
 		}
 	}
-	logins := proxy.NewLoginGuard(a.cfg.Limits.FailedLogins)
+	logins := a.logins[a.cfg.Limits.FailedLogins]
+	if logins == nil {
+		// Kept across reloads: a reload does not give guessers a new budget.
+		logins = proxy.NewLoginGuard(a.cfg.Limits.FailedLogins)
+		a.logins[a.cfg.Limits.FailedLogins] = logins
+	}
 	limits := proxy.Limits{
 		MaxConns:      connectionCap(a.cfg.Limits.Connections, len(groups)),
 		MaxPerAddress: a.cfg.Limits.ConnectionsPerAddress,
@@ -113,7 +119,7 @@ func (a *App) buildListeners() error {
 		case "pop3":
 			srv = proxy.NewPOP3Server(g.pop3, mo)
 		}
-		a.listeners = append(a.listeners, &listener{addr: addr, proto: g.proto, srv: srv})
+		a.listeners = append(a.listeners, &listener{addr: addr, proto: g.proto, cfg: g.l, srv: srv})
 	}
 	return errors.Join(errs...)
 }

@@ -45,6 +45,9 @@ type Config struct {
 
 	// lines maps key paths to the lines they are written on, for Problems.
 	lines map[string]int
+	// profileAt is the line each profile's name is written on (its block
+	// runs to the next profile's).
+	profileAt map[string]int
 }
 
 // Limits bound the connections and logins of local clients.
@@ -365,6 +368,7 @@ func decode(data []byte) (*Config, error) {
 	}
 	cfg := &Config{}
 	if doc.Kind != 0 {
+		cfg.profileAt = profileLines(&doc)
 		if err := inherit(&doc); err != nil {
 			return nil, err
 		}

@@ -221,7 +221,7 @@ func (s *sessions) relayLoggedIn(conn net.Conn, r *bufio.Reader, li LoggedIn, ac
 	s.observer.LoggedIn(s.proto, profile, time.Since(start))
 	s.observer.SessionStarted(s.proto, profile)
 	toUp, toLocal := li.Serve(s.hard, Client{Conn: conn, Pending: pending, IdleTimeout: s.idleTimeout, act: act})
-	log.Info("session ended", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
+	log.Info("session ended", "outcome", "ok", "bytes_up", toUp, "bytes_down", toLocal, "duration", time.Since(start).Round(time.Millisecond))
 	s.observer.SessionEnded(s.proto, profile, toUp, toLocal)
 }
 

@@ -168,7 +168,7 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 
 // NewSession implements smtp.Backend.
 func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &smtpSession{s: s, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String()}
+	ss := &smtpSession{s: s, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String(), start: time.Now()}
 	ss.life, ss.end = context.WithCancel(context.Background())
 	ss.ctx, ss.cancel = context.WithCancel(ss.life)
 	ss.stopAfter = context.AfterFunc(s.shutdown, ss.cancel)
@@ -202,6 +202,9 @@ type smtpSession struct {
 	rcpts     int
 	size      int64
 	relayed   int64 // bytes of the messages the upstream accepted
+	start     time.Time
+	messages  int // relayed
+	refused   int // not relayed
 }
 
 var _ smtp.AuthSession = (*smtpSession)(nil)
@@ -312,11 +315,13 @@ func (ss *smtpSession) Data(r io.Reader) error {
 	if err != nil {
 		log.Warn("message not relayed", "err", err)
 		ss.s.o.Observer.Failed("smtp", ss.profile.Name, err)
+		ss.refused++
 		return smtpReply(err)
 	}
 	log.Info("message relayed")
 	ss.s.o.Observer.Relayed(ss.profile.Name, cr.n, time.Since(start))
 	ss.relayed += cr.n
+	ss.messages++
 	return nil
 }
 
@@ -337,8 +342,17 @@ func (ss *smtpSession) bind(p *SMTPProfile, login string) {
 }
 
 func (ss *smtpSession) Logout() error {
+	d := time.Since(ss.start).Round(time.Millisecond)
 	if ss.profile != nil {
 		ss.s.o.Observer.SessionEnded("smtp", ss.profile.Name, ss.relayed, 0)
+		outcome := "ok"
+		if ss.refused > 0 {
+			outcome = "refused"
+		}
+		ss.s.o.Logger.Info("session ended", "proto", "smtp", "profile", ss.profile.Name, "login", ss.login, "remote", ss.remote,
+			"outcome", outcome, "messages", ss.messages, "refused", ss.refused, "bytes_up", ss.relayed, "duration", d)
+	} else {
+		ss.s.o.Logger.Debug("session ended", "proto", "smtp", "remote", ss.remote, "outcome", "no_login", "duration", d)
 	}
 	ss.Reset()
 	ss.stopAfter()

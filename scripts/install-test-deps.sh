@@ -17,6 +17,7 @@ command -v prlimit >/dev/null || pkgs+=(util-linux)
 command -v curl >/dev/null || pkgs+=(curl)
 command -v openssl >/dev/null || pkgs+=(openssl)
 command -v ss >/dev/null || pkgs+=(iproute2)
+command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 [ -x /usr/bin/python3 ] || pkgs+=(python3)
 [ -x /usr/bin/chromium ] || pkgs+=(chromium)
 [ ${#pkgs[@]} -eq 0 ] && exit 0

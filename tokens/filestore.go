@@ -183,7 +183,7 @@ func writeFileAtomic(path string, data []byte) error {
 		return err
 	}
 	defer os.Remove(tmp.Name())
-	err = tmp.Chmod(0o600)
+	err = privateFile(tmp) // mode 0600; on Windows a DACL (acl_windows.go)
 	if err == nil {
 		_, err = tmp.Write(data)
 	}

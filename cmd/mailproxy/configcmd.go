@@ -12,9 +12,18 @@ import (
 
 // cmdConfig runs config validate: everything serve would refuse before it
 // binds a port is reported (the file, secrets, certificates, keys, the
-// token store), with no network call.
-func cmdConfig(ctx context.Context, args []string, stdout io.Writer) error {
-	if len(args) == 0 || args[0] != "validate" {
+// token store), with no network call; config show and config import-cmo.
+func cmdConfig(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errUsage
+	}
+	switch args[0] {
+	case "validate":
+	case "import-cmo":
+		return cmdImportCMO(args[1:], stdout, stderr)
+	case "show":
+		return cmdConfigShow(args[1:], stdout)
+	default:
 		return errUsage
 	}
 	fs := flag.NewFlagSet("config validate", flag.ContinueOnError)

@@ -6,8 +6,11 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 
+	"mailproxy/app"
 	"mailproxy/config"
 	"mailproxy/demo"
 )
@@ -16,6 +19,9 @@ import (
 // in-process SMTP, IMAP and POP3 upstreams that accept only XOAUTH2: the
 // whole flow, no cloud account needed.
 func cmdDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	// The demo's configuration is built in memory: a SIGHUP has nothing
+	// to reload, and must not end it either.
+	signal.Ignore(syscall.SIGHUP)
 	fs := flag.NewFlagSet("demo", flag.ContinueOnError)
 	smtpAddr := fs.String("smtp", "127.0.0.1:2525", "local SMTP listener")
 	imapAddr := fs.String("imap", "127.0.0.1:1143", "local IMAP listener")
@@ -67,5 +73,5 @@ Stop with Ctrl-C.
 `, env.TokenURL, env.SMTPAddr, env.IMAPAddr, env.POP3Addr, *smtpAddr, *imapAddr, *pop3Addr, *smtpAddr, *imapAddr, *pop3Addr,
 		*adminAddr, demo.Mailbox, demo.PersonPassword, *imapAddr,
 		env.GraphURL, *smtpAddr, demo.GraphMailbox, demo.GraphMailbox, *imapAddr, *pop3Addr)
-	return serve(ctx, cfg, log)
+	return serve(ctx, cfg, log, app.ServeOptions{})
 }

@@ -32,6 +32,10 @@ Usage:
                                               get a token, log in to each upstream (SMTP, IMAP: SELECT
                                               INBOX, POP3: STAT), optionally send a test message
   mailproxy config validate [-config FILE]    check FILE and list every problem
+  mailproxy config show [-config FILE] [PROFILE]
+                                              each profile as in force (inheritance, defaults),
+                                              where each value comes from, inline secrets masked
+  mailproxy config import-cmo [-o FILE] [-env FILE] WEBCONFIG   a configuration from a CMO web.config
   mailproxy token add [-config FILE] [-device|-browser|-paste] [-account A] PROFILE
                                               sign a person in once for a delegated profile (asks to
                                               add more accounts); device code by default where offered
@@ -40,6 +44,9 @@ Usage:
   mailproxy token remove [-config FILE] [-account A] PROFILE
                                               forget an account's grant
   mailproxy key generate                      print a new token store key
+  mailproxy service install [-config FILE] [-log FILE] | uninstall | start | stop
+                                              Windows: serve as the Windows service "mailproxy" (FILE:
+                                              $MAILPROXY_CONFIG, then %ProgramData%\mailproxy\mailproxy.yaml)
   mailproxy version
 
 FILE defaults to $MAILPROXY_CONFIG, then ./mailproxy.yaml.
@@ -70,7 +77,9 @@ func run(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.
 	case "token":
 		err = cmdToken(ctx, args[1:], stdin, stdout, stderr)
 	case "config":
-		err = cmdConfig(ctx, args[1:], stdout)
+		err = cmdConfig(ctx, args[1:], stdout, stderr)
+	case "service":
+		err = cmdService(ctx, args[1:], stdout)
 	case "key":
 		if len(args) == 2 && args[1] == "generate" {
 			err = cmdKeyGenerate(stdout)
@@ -107,20 +116,30 @@ func configPath(flagValue string) string {
 }
 
 func newLogger(w io.Writer, l config.Log) *slog.Logger {
-	level := slog.LevelInfo
-	switch l.Level {
-	case "debug":
-		level = slog.LevelDebug
-	case "warn":
-		level = slog.LevelWarn
-	case "error":
-		level = slog.LevelError
-	}
+	level := &slog.LevelVar{}
+	level.Set(logLevel(l))
+	return newLoggerAt(w, l, level)
+}
+
+// newLoggerAt logs at level, which a reload may change.
+func newLoggerAt(w io.Writer, l config.Log, level *slog.LevelVar) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: level}
 	if l.Format == "json" {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+func logLevel(l config.Log) slog.Level {
+	switch l.Level {
+	case "debug":
+		return slog.LevelDebug
+	case "warn":
+		return slog.LevelWarn
+	case "error":
+		return slog.LevelError
+	}
+	return slog.LevelInfo
 }
 
 func cmdKeyGenerate(w io.Writer) error {

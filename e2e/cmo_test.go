@@ -17,8 +17,9 @@ func TestImportedWebConfigSendsAndReceives(t *testing.T) {
 	need(t)
 	dir := t.TempDir()
 	web := filepath.Join(dir, "web.config")
-	// Basic auth both ways (Dovecot's passwd-file: user-pw), with an
-	// entity in a password as web.config writes it.
+	// Basic auth both ways (Dovecot's passwd-file: user-pw). The mail goes
+	// to carol, whose mailbox tests search by marker (the POP3 tests count
+	// erin's).
 	os.WriteFile(web, []byte(fmt.Sprintf(`<?xml version="1.0" encoding="utf-8"?>
 <configuration>
   <appSettings>
@@ -35,11 +36,11 @@ func TestImportedWebConfigSendsAndReceives(t *testing.T) {
     <add key="Mail.Receiving.Imap.UseSSL" value="True" />
     <add key="Mail.Receiving.Imap.AuthType" value="BasicAuth" />
     <add key="Mail.Receiving.Imap.Login" value="%s" />
-    <add key="Mail.Receiving.Imap.Password" value="erin-pw" />
+    <add key="Mail.Receiving.Imap.Password" value="carol-pw" />
     <add key="Some.Other.App.Setting" value="left to CMO" />
   </appSettings>
 </configuration>
-`, env.subPort, bob, imapsPort(), erin)), 0o600)
+`, env.subPort, bob, imapsPort(), carol)), 0o600)
 	cfg, envFile := filepath.Join(dir, "mailproxy.yaml"), filepath.Join(dir, "mailproxy.env")
 	out, err := exec.Command(env.bin, "config", "import-cmo", "-o", cfg, "-env", envFile, web).CombinedOutput()
 	if err != nil {
@@ -89,11 +90,11 @@ func TestImportedWebConfigSendsAndReceives(t *testing.T) {
 	marker := uniqueMarker(t)
 	msg := filepath.Join(dir, "msg.eml")
 	os.WriteFile(msg, messageWith(marker), 0o600)
-	if out, err := exec.Command("swaks", "--server", smtpAddr, "--from", bob, "--to", erin, "--auth", "PLAIN",
+	if out, err := exec.Command("swaks", "--server", smtpAddr, "--from", bob, "--to", carol, "--auth", "PLAIN",
 		"--auth-user", "cmo-sending", "--auth-password", vars["MAILPROXY_SENDING_LOCAL_PASSWORD"], "--data", "@"+msg).CombinedOutput(); err != nil {
 		t.Fatalf("swaks through the imported configuration: %v\n%s", err, out)
 	}
-	stored := waitForMessage(t, erin, marker)
+	stored := waitForMessage(t, carol, marker)
 	// ... and reads it back over IMAP with imaplib.
 	host, port, _ := net.SplitHostPort(imapAddr)
 	got := filepath.Join(dir, "got.eml")

@@ -134,29 +134,41 @@ func (s *SMTP) Check(ctx context.Context) error {
 }
 
 // Close ends idle sessions and waits for the QUITs under way; sessions in
-// use end when released.
+// use end when released, without being waited for.
 func (s *SMTP) Close() {
 	s.mu.Lock()
 	idle := s.idle
 	s.idle, s.closed = nil, true
 	s.mu.Unlock()
+	var quits sync.WaitGroup
 	for _, sc := range idle {
-		s.quit(sc)
+		quits.Go(func() { sayQuit(sc) })
 	}
+	quits.Wait()
 	s.quits.Wait()
 }
 
 // quitTimeout bounds the QUIT of a session being closed.
 const quitTimeout = 10 * time.Second
 
-// quit says QUIT on a session that is done, in the background; Close
-// waits for it.
+// quit says QUIT on a session that is done, in the background. Close
+// waits for the QUITs begun before it; one begun after (a session released
+// once the upstream is closed) is not counted, since adding to a WaitGroup
+// that Close may be waiting on is a race.
 func (s *SMTP) quit(sc *smtpConn) {
-	s.quits.Go(func() {
-		sc.c.CommandTimeout = quitTimeout
-		sc.c.Quit()
-		sc.c.Close()
-	})
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		go sayQuit(sc)
+		return
+	}
+	s.quits.Go(func() { sayQuit(sc) })
+}
+
+func sayQuit(sc *smtpConn) {
+	sc.c.CommandTimeout = quitTimeout
+	sc.c.Quit()
+	sc.c.Close()
 }
 
 // get returns an idle session (after RSET) or a new one.

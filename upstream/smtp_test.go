@@ -149,3 +149,42 @@ func (zeros) Read(p []byte) (int, error) {
 	}
 	return len(p), nil
 }
+
+// A session released while Close waits for the pool's QUITs (a reload
+// retires the upstream while messages are in flight) is closed without a
+// data race: go test -race failed here before.
+func TestSMTPUpstreamSessionReleasedWhileClosing(t *testing.T) {
+	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "QUIT") {
+				time.Sleep(50 * time.Millisecond) // Close waits for this one
+				io.WriteString(c, "221 bye\r\n")
+				return
+			}
+			io.WriteString(c, "250 ok\r\n")
+		}
+	})
+	up := smtpUp(addr, time.Minute)
+	ctx := context.Background()
+	pooled, err := up.Begin(ctx, "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	inUse, err := up.Begin(ctx, "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pooled.Abort() // idle in the pool: Close says QUIT to it and waits
+	closed := make(chan struct{})
+	go func() { up.Close(); close(closed) }()
+	time.Sleep(100 * time.Millisecond)
+	inUse.Abort() // released after the pool's QUIT: closed, not pooled
+	<-closed
+	if n := len(up.idle); n != 0 {
+		t.Fatalf("%d sessions pooled after Close", n)
+	}
+}

@@ -52,6 +52,10 @@ type Options struct {
 	Test func(ctx context.Context, profile string) (report string, ok bool)
 	// Ready lists what keeps the process from serving (listeners not up).
 	Ready func() []string
+	// Degraded lists what an operator should know while the process still
+	// serves (a token store that cannot be reached): /readyz says it and
+	// stays 200, so that replicas are not all taken out of service at once.
+	Degraded func() []string
 	// Reload re-reads the configuration (POST /reload); nil: not offered.
 	Reload  func(ctx context.Context) error
 	Metrics *Metrics
@@ -260,6 +264,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 		return
 	}
 	fmt.Fprintln(w, "ready")
+	if o, _ := s.now(); o.Degraded != nil {
+		for _, d := range o.Degraded() {
+			fmt.Fprintln(w, "  but: "+d)
+		}
+	}
 }
 
 func (s *Server) redirectURL(r *http.Request) string {

@@ -40,8 +40,8 @@ type TokenSource interface {
 
 // NewMetrics registers mailproxy's metrics, the token state of caches (by
 // profile) and the Go runtime's; with store, the number of token store
-// changes not yet saved (a full disk).
-func NewMetrics(caches map[string]TokenSource, store interface{ Unsaved() int }) *Metrics {
+// changes not yet saved (a full disk) and whether it answers.
+func NewMetrics(caches map[string]TokenSource, store TokenStore) *Metrics {
 	m := &Metrics{reg: prometheus.NewRegistry()}
 	f := func(c prometheus.Collector) { m.reg.MustRegister(c) }
 	m.sessions = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "mailproxy_sessions_total",
@@ -80,8 +80,22 @@ func NewMetrics(caches map[string]TokenSource, store interface{ Unsaved() int })
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailproxy_token_store_unsaved_changes",
 			Help: "Token store changes (rotated refresh tokens among them) kept in memory because the store cannot be written; 0 when all are saved."},
 			func() float64 { return float64(store.Unsaved()) }))
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mailproxy_token_store_up",
+			Help: "1 when the token store answered the last time it was read or locked; 0 while it cannot be reached (tokens in memory still serve)."},
+			func() float64 {
+				if store.Reachable() != nil {
+					return 0
+				}
+				return 1
+			}))
 	}
 	return m
+}
+
+// TokenStore is what the metrics read of the token store.
+type TokenStore interface {
+	Unsaved() int
+	Reachable() error
 }
 
 var _ proxy.Observer = (*Metrics)(nil)

@@ -35,8 +35,9 @@ func (a *App) buildAdmin() error {
 			ok := a.Check(ctx, profile, "", &out)
 			return out.String(), ok
 		},
-		Ready:  a.notReady,
-		Reload: a.reloadFunc(),
+		Ready:    a.notReady,
+		Degraded: a.degraded,
+		Reload:   a.reloadFunc(),
 	}
 	// One handler for the process (takeOver): a reload hands it the new
 	// profiles, and sign-ins under way go on.
@@ -72,6 +73,16 @@ func (a *App) notReady() []string {
 		}
 	}
 	return out
+}
+
+// degraded lists what an operator should know while the process serves.
+func (a *App) degraded() []string {
+	if a.vault != nil {
+		if err := a.vault.Reachable(); err != nil {
+			return []string{err.Error() + "; serving with the tokens in memory, which are not refreshed until it answers"}
+		}
+	}
+	return nil
 }
 
 // reloadFunc is what POST /reload runs: the reload of the process serving,

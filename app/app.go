@@ -172,26 +172,31 @@ func newShared(ctx context.Context, cfg *config.Config, o Options) (*shared, err
 		if err != nil {
 			return nil, fmt.Errorf("token_store.key: %w", err)
 		}
-		fs, err := tokens.NewFileStore(ts.Path, key)
+		var store tokens.Store
+		if ts.Postgres.IsSet() {
+			store, err = tokens.NewPGStore(ctx, ts.Postgres.Value(), key, o.Logger)
+		} else {
+			store, err = tokens.NewFileStore(ts.Path, key)
+		}
 		if err != nil {
 			return nil, err
 		}
-		if sh.vault, err = tokens.NewVault(ctx, fs, tokens.VaultOptions{Logger: o.Logger, KeepInMemory: o.Serving}); err != nil {
+		if sh.vault, err = tokens.NewVault(ctx, store, tokens.VaultOptions{Logger: o.Logger, KeepInMemory: o.Serving}); err != nil {
 			return nil, err
 		}
 	}
-	var unsaved interface{ Unsaved() int }
+	var store admin.TokenStore
 	if sh.vault != nil {
-		unsaved = sh.vault
+		store = sh.vault
 	}
-	sh.metrics = admin.NewMetrics(nil, unsaved)
+	sh.metrics = admin.NewMetrics(nil, store)
 	return sh, nil
 }
 
 // storeKey is the token store's settings.
 func storeKey(cfg *config.Config) string {
 	if ts := cfg.TokenStore; ts != nil {
-		sum := sha256.Sum256([]byte(ts.Key.Value()))
+		sum := sha256.Sum256([]byte(ts.Key.Value() + "\x00" + ts.Postgres.Value()))
 		return ts.Path + "\x00" + hex.EncodeToString(sum[:])
 	}
 	return ""

@@ -95,11 +95,23 @@ type Log struct {
 	Format string `yaml:"format"` // text (default) or json
 }
 
-// TokenStore is the encrypted file of refresh tokens.
+// TokenStore is where refresh tokens are kept, sealed with Key: a file
+// (Path), or a PostgreSQL database that replicas share (Postgres).
 type TokenStore struct {
 	Path string `yaml:"path"`
+	// Postgres is a connection string (postgres://user:password@host/db or
+	// key=value); it may hold a password, so it is a secret.
+	Postgres Secret `yaml:"postgres"`
 	// Key is 32 random bytes, base64 (mailproxy key generate).
 	Key Secret `yaml:"key"`
+}
+
+// Where names the store for people, never with a password.
+func (ts *TokenStore) Where() string {
+	if ts.Path != "" {
+		return ts.Path
+	}
+	return "the PostgreSQL token store (token_store.postgres)"
 }
 
 // Profile is one upstream mailbox and how local apps reach it.

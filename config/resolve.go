@@ -42,7 +42,7 @@ func (c *Config) references() ([]secretAt, []fileAt) {
 		}
 	}
 	if ts := c.TokenStore; ts != nil {
-		secrets = append(secrets, secretAt{"token_store.key", &ts.Key})
+		secrets = append(secrets, secretAt{"token_store.key", &ts.Key}, secretAt{"token_store.postgres", &ts.Postgres})
 	}
 	if a := c.Admin; a != nil {
 		secrets = append(secrets, secretAt{"admin.password", &a.Password}, secretAt{"admin.token", &a.Token})

@@ -313,8 +313,11 @@ func (c *Config) validate(ps *problems) {
 	}
 	c.validateLimits(ps)
 	if ts := c.TokenStore; ts != nil {
-		if ts.Path == "" {
-			ps.add("token_store.path", "required: a file mailproxy may write (mode 0600)")
+		switch {
+		case ts.Path != "" && ts.Postgres.IsSet():
+			ps.add("token_store", "path and postgres are both set: choose one (postgres for replicas that share their sign-ins)")
+		case ts.Path == "" && !ts.Postgres.IsSet():
+			ps.add("token_store.path", "required: a file mailproxy may write (mode 0600), or token_store.postgres: a database replicas share")
 		}
 		requireSecret(ps, "token_store.key", ts.Key)
 	}

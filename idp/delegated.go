@@ -44,6 +44,15 @@ type PublicApp struct {
 	Secret   string
 	// RedirectURIs are the registered redirect URIs.
 	RedirectURIs []string
+	// TTL of its access tokens (default: the server's).
+	TTL time.Duration
+	// ReuseDetection revokes the whole grant when a refresh token that
+	// rotation replaced is presented again (RFC 9700 §4.14.2: "the
+	// authorization server cannot determine which party submitted the
+	// invalid refresh token, but it will revoke the active refresh
+	// token"), as many providers do. The grant is lost: a person must sign
+	// in again.
+	ReuseDetection bool
 }
 
 type authCode struct {
@@ -61,6 +70,8 @@ type deviceGrant struct {
 
 type refreshGrant struct {
 	mailbox, clientID, scope string
+	// family names the sign-in the token descends from by rotation.
+	family string
 }
 
 // AddPublicApp registers an app people sign in to.
@@ -110,6 +121,33 @@ func (s *Server) RevokeUser(mailbox string) {
 			delete(s.access, at)
 		}
 	}
+}
+
+// revokeFamily ends every refresh token of the sign-in family. The caller
+// holds s.mu.
+func (s *Server) revokeFamily(family string) {
+	for rt, g := range s.refresh {
+		if g.family == family {
+			delete(s.refresh, rt)
+		}
+	}
+	s.revoked[family] = true
+}
+
+// RevokedGrants counts the grants revoked because a spent refresh token
+// was presented again (ReuseDetection).
+func (s *Server) RevokedGrants() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.revoked)
+}
+
+// Redemptions counts clientID's refresh tokens redeemed (each one rotated
+// when RotateRefresh is set); a spent one presented again is not counted.
+func (s *Server) Redemptions(clientID string) int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.redemptions[clientID]
 }
 
 // DevicePolls counts device code token polls (slow_down included).
@@ -325,6 +363,7 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 		return
 	}
 	var mailbox, scope string
+	family := "grant-" + randomString(12) // a new sign-in starts a family
 	switch f.Get("grant_type") {
 	case "authorization_code":
 		c, ok := s.codes[f.Get("code")]
@@ -386,8 +425,11 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 	case "refresh_token":
 		rt := f.Get("refresh_token")
 		g, ok := s.refresh[rt]
-		if s.spent[rt] {
+		if family, spent := s.spent[rt]; spent {
 			s.reuses++
+			if app.ReuseDetection {
+				s.revokeFamily(family)
+			}
 		}
 		if !ok || (g.clientID != "" && g.clientID != clientID) {
 			fail(400, "invalid_grant", 700082, "The refresh token has expired due to inactivity. The token was issued on 2026-01-01T00:00:00Z and was inactive for 90.00:00:00.")
@@ -395,9 +437,10 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 		}
 		if s.RotateRefresh {
 			delete(s.refresh, rt)
-			s.spent[rt] = true
+			s.spent[rt] = g.family
 		}
-		mailbox, scope = g.mailbox, g.scope
+		s.redemptions[clientID]++
+		mailbox, scope, family = g.mailbox, g.scope, g.family
 		if f.Get("scope") != "" {
 			scope = f.Get("scope")
 		}
@@ -405,12 +448,16 @@ func (s *Server) delegatedToken(w http.ResponseWriter, r *http.Request, ms bool)
 		fail(400, "unsupported_grant_type", 70003, "The app requested an unsupported grant type.")
 		return
 	}
-	secs := int(s.TTL / time.Second)
+	ttl := s.TTL
+	if app.TTL > 0 {
+		ttl = app.TTL
+	}
+	secs := int(ttl / time.Second)
 	resp := map[string]any{"token_type": "Bearer", "expires_in": secs, "scope": scope,
-		"access_token": s.mintGrant(Grant{Mailbox: mailbox, ClientID: clientID, Scope: scope}, s.TTL)}
+		"access_token": s.mintGrant(Grant{Mailbox: mailbox, ClientID: clientID, Scope: scope}, ttl)}
 	if strings.Contains(scope, "offline_access") || !ms || f.Get("grant_type") == "refresh_token" {
 		next := "rt-" + randomString(24)
-		s.refresh[next] = refreshGrant{mailbox: mailbox, clientID: clientID, scope: scope}
+		s.refresh[next] = refreshGrant{mailbox: mailbox, clientID: clientID, scope: scope, family: family}
 		resp["refresh_token"] = next
 	}
 	if ms || strings.Contains(scope, "openid") {

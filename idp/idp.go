@@ -101,9 +101,12 @@ type Server struct {
 	down    bool
 	// clientFaults apply to one client's token requests.
 	clientFaults map[string]ClientFault
-	perClient    map[string]int64 // token requests by client
-	spent        map[string]bool  // refresh tokens rotated away
-	reuses       int64            // redemptions of a spent refresh token
+	perClient    map[string]int64  // token requests by client
+	spent        map[string]string // refresh tokens rotated away, to their family
+	reuses       int64             // redemptions of a spent refresh token
+	revoked      map[string]bool   // families revoked on reuse
+	held         map[string]string // remote address -> client, of requests held by a Delay
+	redemptions  map[string]int64  // refresh tokens redeemed, by client
 	lastJWT      map[string]any
 	lastJWTHd    map[string]any
 
@@ -162,7 +165,10 @@ func New() *Server {
 
 		clientFaults: map[string]ClientFault{},
 		perClient:    map[string]int64{},
-		spent:        map[string]bool{},
+		spent:        map[string]string{},
+		revoked:      map[string]bool{},
+		held:         map[string]string{},
+		redemptions:  map[string]int64{},
 	}
 }
 
@@ -182,6 +188,20 @@ func (s *Server) SetClientFault(clientID string, f ClientFault) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.clientFaults[clientID] = f
+}
+
+// Held lists the remote addresses of clientID's token requests that a
+// Delay holds now: which process is in the middle of a refresh.
+func (s *Server) Held(clientID string) []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for addr, c := range s.held {
+		if c == clientID {
+			out = append(out, addr)
+		}
+	}
+	return out
 }
 
 // TokenRequestsFor counts clientID's token requests.
@@ -238,7 +258,7 @@ func (s *Server) AddClient(c Client) {
 func (s *Server) AddRefreshToken(rt, mailbox string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.refresh[rt] = refreshGrant{mailbox: mailbox}
+	s.refresh[rt] = refreshGrant{mailbox: mailbox, family: rt}
 }
 
 // IssueToken mints an access token for mailbox directly.
@@ -365,6 +385,16 @@ func (s *Server) fault(w http.ResponseWriter, r *http.Request) bool {
 	}
 	s.mu.Unlock()
 	if cf.Delay > 0 {
+		s.mu.Lock()
+		s.held[r.RemoteAddr] = clientID
+		s.mu.Unlock()
+		defer func() {
+			s.mu.Lock()
+			delete(s.held, r.RemoteAddr)
+			s.mu.Unlock()
+		}()
+		// A request whose client went away meanwhile is not processed:
+		// nothing is redeemed or rotated for it.
 		select {
 		case <-time.After(cf.Delay):
 		case <-r.Context().Done():

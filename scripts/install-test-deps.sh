@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, the
-# real clients (swaks, fetchmail, mbsync, offlineimap, curl, Python 3) and Chromium (the admin page
-# is tested in it, headless). Debian/Ubuntu, as root. Safe to run twice.
+# Installs what the e2e tests drive: Dovecot (IMAP, POP3, LMTP), Postfix, PostgreSQL (the
+# shared token store; tests start their own clusters), the real clients (swaks, fetchmail,
+# mbsync, offlineimap, curl, Python 3) and Chromium (the admin page is tested in it, headless).
+# Debian/Ubuntu, as root. Safe to run twice.
 set -euo pipefail
 pkgs=()
 [ -x /usr/sbin/dovecot ] || pkgs+=(dovecot-core)
@@ -9,6 +10,7 @@ pkgs=()
 [ -x /usr/lib/dovecot/pop3 ] || pkgs+=(dovecot-pop3d)
 [ -x /usr/lib/dovecot/lmtp ] || pkgs+=(dovecot-lmtpd)
 [ -x /usr/sbin/postfix ] || pkgs+=(postfix)
+compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null || pkgs+=(postgresql)
 command -v swaks >/dev/null || pkgs+=(swaks)
 command -v fetchmail >/dev/null || pkgs+=(fetchmail)
 command -v mbsync >/dev/null || pkgs+=(isync)
@@ -23,7 +25,7 @@ command -v systemd-analyze >/dev/null || pkgs+=(systemd)
 [ ${#pkgs[@]} -eq 0 ] && exit 0
 echo "installing: ${pkgs[*]}"
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
-# Keep the packages' scripts from starting system-wide daemons on ports 25/143/993.
+# Keep the packages' scripts from starting system-wide daemons on ports 25/143/993/5432.
 made_policy=0
 if [ ! -e /usr/sbin/policy-rc.d ]; then
   printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; made_policy=1

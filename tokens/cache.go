@@ -160,7 +160,7 @@ type Cache struct {
 	backoff time.Duration
 }
 
-// expirySkew: a token this close to expiry is not handed out.
+// expirySkew: a token this close to expiry is not handed out (see usable).
 const expirySkew = 30 * time.Second
 
 // NewCache wraps f for profile.
@@ -198,15 +198,25 @@ func (c *Cache) Token(ctx context.Context) (*oauth2.Token, error) {
 	now := c.opts.Now()
 	c.mu.Lock()
 	c.lookAtStore()
-	tok, fail, retryAt, failGen := c.tok, c.failure, c.retryAt, c.failGen
+	tok, got, fail, retryAt, failGen := c.tok, c.state.LastRefresh, c.failure, c.retryAt, c.failGen
 	c.mu.Unlock()
-	if c.usable(tok, now) {
+	if usable(tok, got, now) {
 		return tok, nil
 	}
 	if fail != nil && now.Before(retryAt) && (c.opts.Generation == nil || c.opts.Generation() == failGen) {
 		return nil, fail
 	}
-	ch := c.group.DoChan("token", func() (any, error) { return c.refresh() })
+	ch := c.group.DoChan("token", func() (any, error) {
+		// A request that ended between the look above and this one has
+		// left a token: the caller takes it instead of asking again.
+		c.mu.Lock()
+		tok, got := c.tok, c.state.LastRefresh
+		c.mu.Unlock()
+		if usable(tok, got, c.opts.Now()) {
+			return tok, nil
+		}
+		return c.refresh()
+	})
 	wait := time.NewTimer(c.opts.LoginWait)
 	defer wait.Stop()
 	select {
@@ -241,8 +251,19 @@ func (c *Cache) lookAtStore() {
 	}
 }
 
-func (c *Cache) usable(tok *oauth2.Token, now time.Time) bool {
-	return tok != nil && (tok.Expiry.IsZero() || now.Add(expirySkew).Before(tok.Expiry))
+// usable reports whether tok, got at got, may be handed out at now: it is
+// not within expirySkew of its expiry, or an eighth of its lifetime for a
+// short-lived token (so that it is refreshed, a quarter ahead, before it
+// stops being handed out).
+func usable(tok *oauth2.Token, got, now time.Time) bool {
+	if tok == nil {
+		return false
+	}
+	if tok.Expiry.IsZero() {
+		return true
+	}
+	skew := min(expirySkew, tok.Expiry.Sub(got)/8)
+	return now.Add(skew).Before(tok.Expiry)
 }
 
 // refresh fetches a token and records the outcome. The request belongs to
@@ -350,7 +371,7 @@ func (c *Cache) State() State {
 	defer c.mu.Unlock()
 	c.lookAtStore()
 	st := c.state
-	st.Usable = c.usable(c.tok, c.opts.Now())
+	st.Usable = usable(c.tok, c.state.LastRefresh, c.opts.Now())
 	return st
 }
 

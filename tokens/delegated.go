@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/oauth2"
@@ -65,6 +66,9 @@ type OAuth2Delegated struct {
 	Initial    string
 	Store      *Vault
 	HTTPClient *http.Client
+
+	mu       sync.Mutex
+	rejected string // a stored access token the upstream refused
 }
 
 // NewOAuth2Delegated checks o and returns it as a Delegated.
@@ -95,17 +99,28 @@ func (o *OAuth2Delegated) Key(account string) string { return o.ClientID + "/" +
 // Fetch redeems the newest refresh token and saves a rotated one before the
 // access token is handed out, so a restart never reuses a spent one. It
 // holds the store's lock throughout, so no other process (check, token add,
-// another profile) redeems the same refresh token meanwhile.
+// another profile, another replica) redeems the same refresh token
+// meanwhile. A process that waited for the lock finds what the one before
+// it stored: while that access token has more than half its lifetime left,
+// it is used and nothing is redeemed.
 func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
 	key := o.Key(o.Account)
 	var tok *oauth2.Token
 	err := o.Store.Redeem(ctx, func(ctx context.Context) error {
 		rt := o.Initial
-		if e, ok := o.Store.Get(ctx, key); ok && e.RefreshToken != "" {
+		e, ok := o.Store.Get(ctx, key)
+		if ok && e.RefreshToken != "" {
 			rt = e.RefreshToken
+		}
+		if ok && o.fresh(e, time.Now()) {
+			tok = &oauth2.Token{AccessToken: e.AccessToken, TokenType: "Bearer", Expiry: e.Expiry}
+			return nil
 		}
 		if rt == "" {
 			return &NotSignedInError{Account: o.Account}
+		}
+		if err := o.Store.Claim(ctx); err != nil {
+			return err
 		}
 		var err error
 		tok, err = o.config("").TokenSource(withClient(ctx, o.HTTPClient), &oauth2.Token{RefreshToken: rt}).Token()
@@ -125,6 +140,7 @@ func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
 			}
 			e.Provider, e.Scopes = o.TokenURL, o.Scopes
 			e.Updated, e.Expiry, e.LastError = time.Now(), tok.Expiry, ""
+			e.AccessToken = tok.AccessToken
 		})
 		return nil
 	})
@@ -132,6 +148,27 @@ func (o *OAuth2Delegated) Fetch(ctx context.Context) (*oauth2.Token, error) {
 		return nil, err
 	}
 	return tok, nil
+}
+
+// fresh reports whether e's access token may be used instead of redeeming:
+// it has more than half its lifetime left (so that the process taking it
+// does not need another soon) and the upstream has not refused it here.
+func (o *OAuth2Delegated) fresh(e Entry, now time.Time) bool {
+	o.mu.Lock()
+	rejected := o.rejected
+	o.mu.Unlock()
+	if e.AccessToken == "" || e.AccessToken == rejected || e.Expiry.IsZero() {
+		return false
+	}
+	return e.Expiry.Sub(now) > e.Expiry.Sub(e.Updated)/2
+}
+
+// Reject keeps a stored access token that the upstream refused from being
+// used again by this process.
+func (o *OAuth2Delegated) Reject(tok *oauth2.Token) {
+	o.mu.Lock()
+	o.rejected = tok.AccessToken
+	o.mu.Unlock()
 }
 
 // SignedIn reports whether the profile's account has a grant in the store
@@ -225,7 +262,7 @@ func (o *OAuth2Delegated) save(ctx context.Context, account string, tok *oauth2.
 	}
 	now := time.Now()
 	err := o.Store.Put(ctx, o.Key(account), Entry{RefreshToken: tok.RefreshToken, Provider: o.TokenURL, Scopes: o.Scopes,
-		Added: now, Updated: now, Expiry: tok.Expiry})
+		Added: now, Updated: now, Expiry: tok.Expiry, AccessToken: tok.AccessToken})
 	return account, err
 }
 

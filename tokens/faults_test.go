@@ -69,6 +69,7 @@ func TestRotatedRefreshTokenSurvivesAFullDisk(t *testing.T) {
 		if _, ok := s.Validate(tok.AccessToken); !ok {
 			t.Fatalf("refresh %d: token not valid", i)
 		}
+		d.Reject(tok) // so that the next Fetch redeems
 	}
 	if err := v.Durable(); err == nil || !strings.Contains(err.Error(), "no space left on device") {
 		t.Fatalf("Durable on a full disk: %v", err)
@@ -251,16 +252,40 @@ func TestTransportErrorsDoNotShowTheTokenURL(t *testing.T) {
 func TestStateUsableHasTheExpiryMargin(t *testing.T) {
 	now := time.Now()
 	f := FetcherFunc(func(context.Context) (*oauth2.Token, error) {
-		return &oauth2.Token{AccessToken: "t", Expiry: now.Add(time.Minute)}, nil
+		return &oauth2.Token{AccessToken: "t", Expiry: now.Add(time.Hour)}, nil
 	})
 	c := NewCache("p", f, CacheOptions{Now: func() time.Time { return now }})
 	c.Token(bg)
 	if !c.State().Usable {
-		t.Fatal("a token valid for a minute is not usable")
+		t.Fatal("a token valid for an hour is not usable")
 	}
-	now = now.Add(40 * time.Second) // 20 s left
+	now = now.Add(time.Hour - 20*time.Second) // 20 s left
 	if c.State().Usable {
 		t.Fatal("a token 20 s from expiry is reported usable, but logins would not get it")
+	}
+}
+
+// A short-lived token's margin is an eighth of its lifetime, not 30 s
+// (which would make a 5-second token never usable), and it is refreshed a
+// quarter ahead, before the margin.
+func TestShortLivedTokenHasAProportionalMargin(t *testing.T) {
+	now := time.Now()
+	var calls atomic.Int64
+	f := FetcherFunc(func(context.Context) (*oauth2.Token, error) {
+		calls.Add(1)
+		return &oauth2.Token{AccessToken: "t", Expiry: now.Add(8 * time.Second)}, nil
+	})
+	c := NewCache("p", f, CacheOptions{Now: func() time.Time { return now }})
+	c.Token(bg)
+	if _, err := c.Token(bg); err != nil || calls.Load() != 1 || !c.State().Usable {
+		t.Fatalf("an 8-second token is not used: %d requests, %v", calls.Load(), err)
+	}
+	if d := c.untilRefresh(); d != 6*time.Second {
+		t.Fatalf("refreshed %v from now, want 6s (2 s ahead)", d)
+	}
+	now = now.Add(7*time.Second + 100*time.Millisecond) // 0.9 s left, inside the 1 s margin
+	if c.State().Usable {
+		t.Fatal("an 8-second token 0.9 s from expiry is reported usable")
 	}
 }
 

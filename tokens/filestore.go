@@ -1,13 +1,11 @@
 package tokens
 
 import (
-	"bytes"
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
 	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -135,34 +133,24 @@ func (f *FileStore) Load(context.Context) (*Data, error) {
 }
 
 func (f *FileStore) open(data []byte) (*Data, error) {
-	ns := f.aead.NonceSize()
-	if !bytes.HasPrefix(data, storeMagic) || len(data) < len(storeMagic)+ns+f.aead.Overhead() {
+	d, err := openData(f.aead, data)
+	switch {
+	case errors.Is(err, errNotSealed):
 		return nil, fmt.Errorf("token store %s: not a mailproxy token store, or truncated; move it away and sign in again (mailproxy token add)", f.path)
-	}
-	body := data[len(storeMagic):]
-	plain, err := f.aead.Open(nil, body[:ns], body[ns:], storeMagic)
-	if err != nil {
+	case errors.Is(err, errCannotOpen):
 		return nil, fmt.Errorf("token store %s: cannot decrypt: wrong key or damaged file (the file was left as it is; check token_store.key)", f.path)
-	}
-	var d Data
-	if err := json.Unmarshal(plain, &d); err != nil {
+	case err != nil:
 		return nil, fmt.Errorf("token store %s: %w", f.path, err)
 	}
-	if d.Accounts == nil {
-		d.Accounts = map[string]Entry{}
-	}
-	return &d, nil
+	return d, nil
 }
 
 // Save implements Store.
 func (f *FileStore) Save(_ context.Context, d *Data) error {
-	plain, err := json.Marshal(d)
+	out, err := sealData(f.aead, d)
 	if err != nil {
 		return err
 	}
-	nonce := make([]byte, f.aead.NonceSize())
-	rand.Read(nonce)
-	out := append(append(bytes.Clone(storeMagic), nonce...), f.aead.Seal(nil, nonce, plain, storeMagic)...)
 	if err := writeFileAtomic(f.path, out); err != nil {
 		return fmt.Errorf("token store: %w", err)
 	}

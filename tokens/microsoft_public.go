@@ -84,6 +84,10 @@ func (m *MicrosoftPublic) Fetch(ctx context.Context) (*oauth2.Token, error) {
 		if err != nil {
 			return err
 		}
+		// MSAL decides itself whether to redeem: leased every time.
+		if err := m.store.Claim(ctx); err != nil {
+			return err
+		}
 		res, err := m.client.AcquireTokenSilent(ctx, m.Scopes, public.WithSilentAccount(acc))
 		if err != nil {
 			err = fromMSAL(err)

@@ -24,9 +24,13 @@ type Entry struct {
 	// Added is when a person last signed in.
 	Added time.Time `json:"added"`
 	// Updated is the last successful refresh; Expiry that token's expiry.
-	Updated   time.Time `json:"updated"`
-	Expiry    time.Time `json:"expiry"`
-	LastError string    `json:"last_error,omitempty"`
+	Updated time.Time `json:"updated"`
+	Expiry  time.Time `json:"expiry"`
+	// AccessToken is the one that refresh got (sealed like the rest), so
+	// that processes sharing the store use it instead of each redeeming
+	// the refresh token again.
+	AccessToken string `json:"access_token,omitempty"`
+	LastError   string `json:"last_error,omitempty"`
 }
 
 // Data is everything a Store keeps.
@@ -34,7 +38,38 @@ type Data struct {
 	Accounts map[string]Entry `json:"accounts"`
 	// Caches are MSAL token caches (their own JSON), by client.
 	Caches map[string][]byte `json:"caches,omitempty"`
+	// Lease is a redemption under way (see Vault.Claim).
+	Lease *Lease `json:"lease,omitempty"`
 }
+
+// Lease says that a process is redeeming a refresh token: recorded in the
+// store before the provider is asked, cleared when the rotated token is
+// saved. Another process does not redeem while it is in force, since the
+// holder may have the only copy of the new refresh token in memory (its
+// database went away before it could save it).
+type Lease struct {
+	// Holder names the holder's session in the store (HolderStore).
+	Holder string    `json:"holder"`
+	Until  time.Time `json:"until"`
+}
+
+// HolderStore is a Store shared by processes that may lose it while they
+// hold its lock (a database: a restart ends the lock's session). Vault
+// then leases each redemption, so that a process never redeems a refresh
+// token another may have spent without having saved the new one.
+type HolderStore interface {
+	Store
+	// Holder names the session holding the lock now; the caller holds it.
+	Holder(ctx context.Context) (string, error)
+	// HolderGone reports whether holder's session is known to have ended
+	// without the store going away meanwhile (its process died, so it has
+	// no unsaved token); false when that cannot be told.
+	HolderGone(ctx context.Context, holder string) bool
+}
+
+// leaseTime bounds a redemption's lease: a token request, and time for a
+// holder that lost the store to save what it got once it is back.
+const leaseTime = 2 * time.Minute
 
 func (d *Data) clone() *Data {
 	out := &Data{Accounts: make(map[string]Entry, len(d.Accounts))}
@@ -46,6 +81,10 @@ func (d *Data) clone() *Data {
 		for k, v := range d.Caches {
 			out.Caches[k] = v
 		}
+	}
+	if d.Lease != nil {
+		l := *d.Lease
+		out.Lease = &l
 	}
 	return out
 }
@@ -95,6 +134,8 @@ type Vault struct {
 	data    *Data              // saved with pending applied: what readers see
 	pending []func(*Data) bool // changes not yet saved, in order
 	unsaved error              // why pending are not saved
+	unreach error              // why the store could not be read or locked last time
+	lease   string             // the holder of the lease this process took (Claim), until Redeem ends
 	gen     atomic.Uint64      // counts changes of data
 
 	wake chan struct{}
@@ -129,6 +170,7 @@ func (v *Vault) Generation() uint64 { return v.gen.Load() }
 // reload reads the store again if it changed. The caller holds v.mu.
 func (v *Vault) reload(ctx context.Context) error {
 	d, err := v.store.Load(ctx)
+	v.noteReach(err)
 	if err != nil || d == nil {
 		return err
 	}
@@ -284,6 +326,9 @@ func (v *Vault) lock(ctx context.Context) (context.Context, func(), error) {
 	unlock, err := v.store.Lock(ctx)
 	if err != nil {
 		v.lockMu.Unlock()
+		v.mu.Lock()
+		v.noteReach(err)
+		v.mu.Unlock()
 		return nil, nil, fmt.Errorf("token store %s: cannot take its lock: %w", v.store, err)
 	}
 	return context.WithValue(ctx, heldKey{}, v), func() { unlock(); v.lockMu.Unlock() }, nil
@@ -366,6 +411,30 @@ func (v *Vault) unsavedError(err error) error {
 	return &UnsavedError{Store: v.store.String(), Changes: len(v.pending), Err: err}
 }
 
+// noteReach records whether the store answered, logging the change. The
+// caller holds v.mu.
+func (v *Vault) noteReach(err error) {
+	switch {
+	case err != nil && v.unreach == nil:
+		v.o.Logger.Warn("token store cannot be reached: serving with the tokens in memory", "event", "store_unreachable", "store", v.store.String(), "err", err,
+			"fix", "tokens are not refreshed until it answers; check that it is up and reachable")
+	case err == nil && v.unreach != nil:
+		v.o.Logger.Info("token store answers again", "event", "store_reachable", "store", v.store.String())
+	}
+	v.unreach = err
+}
+
+// Reachable reports why the store could not be read or locked the last
+// time it was tried; nil when it answered.
+func (v *Vault) Reachable() error {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.unreach == nil {
+		return nil
+	}
+	return fmt.Errorf("token store %s cannot be reached: %w", v.store, v.unreach)
+}
+
 // Unsaved is the number of changes not yet saved.
 func (v *Vault) Unsaved() int {
 	v.mu.Lock()
@@ -417,6 +486,16 @@ func (v *Vault) Redeem(ctx context.Context, redeem func(ctx context.Context) err
 	}
 	rerr := redeem(ctx)
 	v.mu.Lock()
+	if held := v.lease; held != "" {
+		v.lease = ""
+		v.pending = append(v.pending, func(d *Data) bool {
+			if d.Lease != nil && d.Lease.Holder == held {
+				d.Lease = nil // saved with the rotated token
+			}
+			return true
+		})
+		v.pending[len(v.pending)-1](v.data)
+	}
 	ferr := v.flushLocked(ctx)
 	v.mu.Unlock()
 	if ferr != nil && !v.o.KeepInMemory && rerr == nil {
@@ -425,11 +504,69 @@ func (v *Vault) Redeem(ctx context.Context, redeem func(ctx context.Context) err
 	return rerr
 }
 
-// Run notices other processes' changes (every second) and saves changes
-// kept in memory, retrying with backoff, until ctx ends.
+// watcher is a Store that says when another process wrote it (PGStore:
+// LISTEN/NOTIFY), so that a change is seen at once rather than at the
+// next look.
+type watcher interface {
+	Watch(ctx context.Context) <-chan struct{}
+}
+
+// Claim is called inside Redeem just before a refresh token is redeemed.
+// With a HolderStore it records a lease in the store, saved before it
+// returns, and refuses while another process's lease is in force: that
+// process may hold the rotated refresh token in memory, waiting for the
+// store to come back, and redeeming the old one would spend it twice (a
+// provider with reuse detection revokes the grant). Other stores need no
+// lease: Claim does nothing.
+func (v *Vault) Claim(ctx context.Context) error {
+	hs, ok := v.store.(HolderStore)
+	if !ok || ctx.Value(heldKey{}) != v {
+		return nil
+	}
+	holder, err := hs.Holder(ctx)
+	if err != nil {
+		return fmt.Errorf("token store %s cannot be used (%w): not redeeming the refresh token", v.store, err)
+	}
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if err := v.reload(ctx); err != nil {
+		return fmt.Errorf("token store %s cannot be used (%w): not redeeming the refresh token", v.store, err)
+	}
+	if l := v.data.Lease; l != nil && l.Holder != holder && time.Now().Before(l.Until) && !hs.HolderGone(ctx, l.Holder) {
+		return fmt.Errorf("another process sharing the token store %s is redeeming the refresh token, or has not saved the one it got (until %s): waiting for it rather than spending the refresh token twice",
+			v.store, l.Until.Format(time.RFC3339))
+	}
+	until := time.Now().Add(leaseTime)
+	take := func(d *Data) bool {
+		d.Lease = &Lease{Holder: holder, Until: until}
+		return true
+	}
+	take(v.data)
+	v.pending = append(v.pending, take)
+	if err := v.flushLocked(ctx); err != nil {
+		// Not redeeming: the lease is not kept for later either.
+		v.pending = v.pending[:len(v.pending)-1]
+		v.data = v.saved.clone()
+		for _, change := range v.pending {
+			change(v.data)
+		}
+		return fmt.Errorf("not redeeming the refresh token, since the new one could not be kept: %w", err)
+	}
+	v.gen.Add(1)
+	v.lease = holder
+	return nil
+}
+
+// Run notices other processes' changes (every second, and at once when the
+// store says so) and saves changes kept in memory, retrying with backoff,
+// until ctx ends.
 func (v *Vault) Run(ctx context.Context) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	var changed <-chan struct{}
+	if w, ok := v.store.(watcher); ok {
+		changed = w.Watch(ctx)
+	}
 	backoff, next := time.Second, time.Time{}
 	for {
 		select {
@@ -437,6 +574,7 @@ func (v *Vault) Run(ctx context.Context) {
 			return
 		case <-tick.C:
 		case <-v.wake:
+		case <-changed:
 		}
 		_ = v.Sync(ctx)
 		if v.Unsaved() == 0 || time.Now().Before(next) {
@@ -451,8 +589,12 @@ func (v *Vault) Run(ctx context.Context) {
 	}
 }
 
-// Close saves what is not saved yet; its error says what is lost if the
-// process ends now.
+// Close saves what is not saved yet, then closes the store (a database's
+// connections); its error says what is lost if the process ends now.
 func (v *Vault) Close(ctx context.Context) error {
-	return v.Flush(ctx)
+	err := v.Flush(ctx)
+	if c, ok := v.store.(interface{ Close() }); ok {
+		c.Close()
+	}
+	return err
 }

@@ -129,9 +129,18 @@ func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
 	s.AddRefreshToken("rt-0", "a@x")
 	path := filepath.Join(t.TempDir(), "tokens.enc")
 	key, _ := ParseKey(NewKey())
-	prev := "rt-0"
+	prev, prevAT := "rt-0", ""
 	for i := range 3 { // three "process starts"
 		d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Initial: "rt-0", Store: newStore(t, path, key), HTTPClient: hc})
+		if prevAT != "" {
+			// The access token the last start stored is fresh: it is used,
+			// with no token request, until the upstream refuses it.
+			requests := s.TokenRequests()
+			if tok, err := d.Fetch(bg); err != nil || tok.AccessToken != prevAT || s.TokenRequests() != requests {
+				t.Fatalf("start %d: the stored access token was not used (%v, %d requests)", i, err, s.TokenRequests()-requests)
+			}
+			d.Reject(&oauth2.Token{AccessToken: prevAT})
+		}
 		tok, err := d.Fetch(context.Background())
 		if err != nil {
 			t.Fatalf("start %d: %v", i, err)
@@ -143,11 +152,12 @@ func TestRefreshRotationIsPersistedAcrossRestart(t *testing.T) {
 		if e.RefreshToken == "" || e.RefreshToken == prev || e.Updated.IsZero() || e.Expiry.IsZero() {
 			t.Fatalf("start %d: rotated refresh token not stored: %+v", i, e.Updated)
 		}
-		prev = e.RefreshToken
+		prev, prevAT = e.RefreshToken, tok.AccessToken
 	}
 	// The spent token is refused by the fake, as by Microsoft with rotation.
 	s.RevokeUser("a@x")
 	d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Store: newStore(t, path, key), HTTPClient: hc})
+	d.Reject(&oauth2.Token{AccessToken: prevAT}) // revoked too: the upstream refuses it
 	_, err := NewCache("p", d, CacheOptions{Fix: "run mailproxy token add p"}).Token(context.Background())
 	if err == nil || !strings.Contains(err.Error(), "invalid_grant") || !strings.Contains(err.Error(), "run mailproxy token add p") {
 		t.Fatalf("revoked grant: %v", err)

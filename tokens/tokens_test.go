@@ -66,7 +66,7 @@ func TestCacheRefreshesBeforeExpiryAndAfterInvalidate(t *testing.T) {
 	now := time.Now()
 	f := FetcherFunc(func(ctx context.Context) (*oauth2.Token, error) {
 		n := calls.Add(1)
-		return &oauth2.Token{AccessToken: "t" + string(rune('0'+n)), Expiry: now.Add(40 * time.Second)}, nil
+		return &oauth2.Token{AccessToken: "t" + string(rune('0'+n)), Expiry: now.Add(time.Hour)}, nil
 	})
 	c := NewCache("p", f, CacheOptions{Now: func() time.Time { return now }})
 	tok, _ := c.Token(context.Background())
@@ -74,7 +74,7 @@ func TestCacheRefreshesBeforeExpiryAndAfterInvalidate(t *testing.T) {
 	if tok != tok2 || calls.Load() != 1 {
 		t.Fatalf("a valid token was fetched again (%d calls)", calls.Load())
 	}
-	now = now.Add(15 * time.Second) // 25 s left: less than the 30 s skew
+	now = now.Add(time.Hour - 25*time.Second) // 25 s left: less than the 30 s skew
 	if tok3, _ := c.Token(context.Background()); tok3 == tok || calls.Load() != 2 {
 		t.Fatalf("a token about to expire was handed out")
 	}

@@ -62,7 +62,7 @@ func loadForSignIn(path string) (*config.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
-	if ts := cfg.TokenStore; ts != nil {
+	if ts := cfg.TokenStore; ts != nil && ts.Path != "" {
 		if err := config.EnsureStoreDir(ts.Path); err != nil {
 			return nil, fmt.Errorf("token_store.path: %w", err)
 		}
@@ -112,7 +112,7 @@ func cmdTokenAdd(ctx context.Context, args []string, stdin io.Reader, stdout, st
 		if err != nil {
 			return fmt.Errorf("profile %q: sign-in failed: %w", name, err)
 		}
-		fmt.Fprintf(stdout, "Signed in as %s; the grant is saved in %s.\n", who, cfg.TokenStore.Path)
+		fmt.Fprintf(stdout, "Signed in as %s; the grant is saved in %s.\n", who, cfg.TokenStore.Where())
 		if !strings.EqualFold(who, cr.Account) {
 			fmt.Fprintf(stdout, "Note: profile %q uses %s; a profile with credentials.account: %s uses this one.\n", name, cr.Account, who)
 		}
@@ -235,7 +235,7 @@ func cmdTokenRemove(ctx context.Context, args []string, stdout, stderr io.Writer
 	if !gone {
 		return fmt.Errorf("profile %q: %s has no stored grant", name, acct)
 	}
-	fmt.Fprintf(stdout, "Removed %s from %s. The provider still knows the grant: revoke it there too if it was compromised.\n", acct, cfg.TokenStore.Path)
+	fmt.Fprintf(stdout, "Removed %s from %s. The provider still knows the grant: revoke it there too if it was compromised.\n", acct, cfg.TokenStore.Where())
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package config
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -264,5 +265,39 @@ profiles:
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("missing problem %q in:\n%v", want, err)
 		}
+	}
+}
+
+// A token store is a file or a database, not both; a database's DSN is a
+// secret (${env:…}) and never shown.
+func TestTokenStoreIsAFileOrADatabase(t *testing.T) {
+	const key = `"AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="`
+	profile := `
+profiles:
+  p:
+    mailbox: me@example.com
+    imap: {listen: "1143", upstream: {host: imap.example.com}}
+    local_users: [{username: a, password: b}]
+    credentials: {type: oauth2, token_url: https://x/t, client_id: c, client_secret: s}
+`
+	for doc, want := range map[string]string{
+		"token_store: {path: /tmp/t.enc, postgres: \"postgres://u:pw@db/m\", key: " + key + "}": "token_store: path and postgres are both set: choose one",
+		"token_store: {key: " + key + "}": "token_store.path: required: a file mailproxy may write (mode 0600), or token_store.postgres",
+	} {
+		_, err := Parse([]byte(doc + profile))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: got %v, want %q", doc, err, want)
+		}
+	}
+	t.Setenv("CFG_TEST_DSN", "postgres://mailproxy:s3cret-pw@db.internal:5432/mailproxy")
+	c, err := Parse([]byte("token_store: {postgres: \"${env:CFG_TEST_DSN}\", key: " + key + "}" + profile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.TokenStore.Postgres.Value(); got != "postgres://mailproxy:s3cret-pw@db.internal:5432/mailproxy" {
+		t.Fatalf("postgres resolved to %q", got)
+	}
+	if s := fmt.Sprintf("%v %+v %s", c.TokenStore, *c.TokenStore, c.TokenStore.Where()); strings.Contains(s, "s3cret-pw") {
+		t.Fatalf("the DSN's password is shown: %s", s)
 	}
 }

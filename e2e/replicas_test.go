@@ -136,10 +136,14 @@ func TestTenReplicasShareOneSignIn(t *testing.T) {
 	key := tokens.NewKey()
 	replicas := make([]*replica, 10)
 	var starting sync.WaitGroup
+	var cfg0 string
 	for i := range replicas {
 		r := &replica{smtp: freeAddr(t), imap: freeAddr(t), admn: freeAddr(t)}
 		replicas[i] = r
 		cfg := writeConfig(t, replicaYAML(r, key))
+		if i == 0 {
+			cfg0 = cfg
+		}
 		starting.Go(func() { r.p = startProxyFile(t, cfg, r.smtp, r.imap, r.admn) })
 	}
 	starting.Wait()
@@ -164,6 +168,11 @@ func TestTenReplicasShareOneSignIn(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	t.Logf("replica 1 served %s after the sign-in on replica 0", time.Since(signedIn).Round(time.Millisecond))
+	// The CLI reads the same store: the account signed in, its last refresh.
+	if out, err := exec.Command(env.bin, "token", "list", "-config", cfg0).CombinedOutput(); err != nil || !strings.Contains(string(out), ivy) ||
+		strings.Contains(string(out), "not signed in") || strings.Contains(string(out), pg.Password) {
+		t.Fatalf("token list on the shared store: %v\n%s", err, out)
+	}
 	redemptionsBefore := env.idp.Redemptions(replicasApp)
 
 	// The load: on every replica, an IMAP login and a message in a loop.

@@ -271,16 +271,19 @@ func usable(tok *oauth2.Token, got, now time.Time) bool {
 func (c *Cache) refresh() (*oauth2.Token, error) {
 	ctx, cancel := context.WithTimeout(c.life, c.opts.FetchTimeout)
 	defer cancel()
+	// The store as it was before the request: a sign-in that lands while
+	// it fails (another replica's, read meanwhile) ends the hold at once.
+	// The fetcher's own note of a new error does too, once.
+	var gen uint64
+	if c.opts.Generation != nil {
+		gen = c.opts.Generation()
+	}
 	tok, err := c.fetcher.Fetch(ctx)
 	if err == nil && (tok == nil || tok.AccessToken == "") {
 		err = errors.New("token endpoint returned no access token")
 	}
 	if c.life.Err() != nil {
 		return nil, &Error{Profile: c.profile, Err: errors.New("mailproxy is stopping")}
-	}
-	var gen uint64
-	if c.opts.Generation != nil {
-		gen = c.opts.Generation() // after the fetcher noted its failure in the store
 	}
 	now := c.opts.Now()
 	c.mu.Lock()

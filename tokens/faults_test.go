@@ -356,3 +356,25 @@ func TestInvalidatedMicrosoftPublicTokenIsNotServedAgain(t *testing.T) {
 		t.Fatal("the new token is not valid")
 	}
 }
+
+// A sign-in that another replica makes while this one's request fails
+// (the store is read meanwhile) ends the hold at once: the next login
+// asks again rather than being told "sign in" for HoldSignIn.
+func TestSignInDuringAFailingRequestEndsTheHold(t *testing.T) {
+	var gen atomic.Uint64
+	var calls atomic.Int64
+	f := FetcherFunc(func(context.Context) (*oauth2.Token, error) {
+		if calls.Add(1) == 1 {
+			gen.Add(1) // the store changed while this request was under way
+			return nil, &NotSignedInError{Account: "a@x"}
+		}
+		return &oauth2.Token{AccessToken: "t", Expiry: time.Now().Add(time.Hour)}, nil
+	})
+	c := NewCache("p", f, CacheOptions{Generation: gen.Load, HoldSignIn: time.Minute})
+	if _, err := c.Token(bg); err == nil {
+		t.Fatal("first request succeeded")
+	}
+	if _, err := c.Token(bg); err != nil {
+		t.Fatalf("a login after the sign-in was held: %v", err)
+	}
+}

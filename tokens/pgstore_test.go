@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"mailproxy/idp"
 	"mailproxy/pgtest"
 )
 
@@ -654,5 +656,93 @@ func TestPGLeaseKeepsASpentRefreshTokenFromBeingRedeemedAgain(t *testing.T) {
 	defer cancel()
 	if err := b.Redeem(ctx, func(ctx context.Context) error { return b.Claim(ctx) }); err != nil {
 		t.Fatalf("b waits for a holder whose session ended: %v", err)
+	}
+}
+
+// What a login pays for a cached token, by token store: the store is not on
+// that path, so PostgreSQL adds nothing to the file store's figure.
+//
+//	go test -run '^$' -bench CachedTokenByStore ./tokens/
+func BenchmarkCachedTokenByStore(b *testing.B) {
+	s, url, hc := fakeIdP(b)
+	s.AddPublicApp(idp.PublicApp{ClientID: "pub"})
+	key := pgKey(b)
+	c := pgtest.Start(b, 0)
+	stores := map[string]func() Store{
+		"file":     func() Store { fs, _ := NewFileStore(filepath.Join(b.TempDir(), "tokens.enc"), key); return fs },
+		"postgres": func() Store { return newPGStore(b, c.NewDatabase(b), key, nil) },
+	}
+	for _, name := range []string{"file", "postgres"} {
+		b.Run(name, func(b *testing.B) {
+			v, err := NewVault(bg, stores[name](), VaultOptions{KeepInMemory: true})
+			if err != nil {
+				b.Fatal(err)
+			}
+			rt := "rt-bench-" + name
+			s.AddRefreshToken(rt, "a@x")
+			d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Initial: rt, Store: v, HTTPClient: hc})
+			cache := NewCache("p", d, CacheOptions{Generation: v.Generation})
+			if _, err := cache.Token(bg); err != nil {
+				b.Fatal(err)
+			}
+			requests := s.TokenRequests()
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := cache.Token(bg); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if s.TokenRequests() != requests {
+				b.Fatal("a cached token made a token request")
+			}
+		})
+	}
+}
+
+// Token requests of ten replicas that keep one grant's token fresh (Run),
+// sharing a PostgreSQL store, against ten with a store (and a grant) each.
+// Tokens live 2 s here; the figure per token lifetime is what an hour-long
+// token costs per hour.
+//
+//	go test -run '^$' -bench TokenRequestsOfTenReplicas -benchtime 1x ./tokens/
+func BenchmarkTokenRequestsOfTenReplicas(b *testing.B) {
+	const ttl, run = 2 * time.Second, 20 * time.Second
+	c := pgtest.Start(b, 0)
+	key := pgKey(b)
+	for _, shared := range []bool{true, false} {
+		name := map[bool]string{true: "shared-postgres", false: "a-store-each"}[shared]
+		b.Run(name, func(b *testing.B) {
+			s, url, hc := fakeIdP(b)
+			s.RotateRefresh = true
+			s.AddPublicApp(idp.PublicApp{ClientID: "pub", TTL: ttl, ReuseDetection: true})
+			dsn := c.NewDatabase(b)
+			ctx, cancel := context.WithTimeout(bg, run)
+			defer cancel()
+			var wg sync.WaitGroup
+			for i := range 10 {
+				var st Store = newPGStore(b, dsn, key, nil)
+				rt := "rt-shared"
+				if !shared {
+					st, _ = NewFileStore(filepath.Join(b.TempDir(), "tokens.enc"), key)
+					rt = fmt.Sprintf("rt-own-%d", i)
+				}
+				if i == 0 || !shared {
+					s.AddRefreshToken(rt, "a@x")
+				}
+				v, err := NewVault(bg, st, VaultOptions{KeepInMemory: true})
+				if err != nil {
+					b.Fatal(err)
+				}
+				d, _ := NewOAuth2Delegated(&OAuth2Delegated{TokenURL: url + "/token", ClientID: "pub", Account: "a@x", Initial: rt, Store: v, HTTPClient: hc})
+				cache := NewCache("p", d, CacheOptions{Generation: v.Generation})
+				wg.Go(func() { v.Run(ctx) })
+				wg.Go(func() { cache.Run(ctx) })
+			}
+			wg.Wait()
+			if s.RefreshReuses() != 0 {
+				b.Fatalf("%d refresh tokens redeemed twice", s.RefreshReuses())
+			}
+			b.ReportMetric(float64(s.TokenRequests())/float64(run/ttl), "requests/lifetime")
+		})
 	}
 }

@@ -1,5 +1,6 @@
 // A module of its own, so that the main module does not require the
-// Kubernetes API types: sidecar_test.go checks sidecar.yaml against them.
+// Kubernetes API types: the tests check sidecar.yaml and replicas.yaml
+// against them.
 module mailproxy/deploy/kubernetes
 
 go 1.26.0

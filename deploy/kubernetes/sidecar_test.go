@@ -1,6 +1,7 @@
-// Package kubernetes holds the Kubernetes example (sidecar.yaml) and its
-// test: every document decodes strictly into the API types, and the pod
-// keeps what README "Running in Kubernetes (sidecar)" promises.
+// Package kubernetes holds the Kubernetes examples (sidecar.yaml, and
+// replicas.yaml in replicas_test.go) and their tests: every document decodes
+// strictly into the API types, and the pod keeps what README "Running in
+// Kubernetes (sidecar)" promises.
 package kubernetes
 
 import (
@@ -30,7 +31,7 @@ import (
 
 const manifestFile = "sidecar.yaml"
 
-// kinds are the documents sidecar.yaml may hold, by apiVersion and kind.
+// kinds are the documents a manifest may hold, by apiVersion and kind.
 var kinds = map[string]func() any{
 	"v1/ConfigMap":             func() any { return &corev1.ConfigMap{} },
 	"v1/Secret":                func() any { return &corev1.Secret{} },
@@ -39,6 +40,7 @@ var kinds = map[string]func() any{
 }
 
 type manifest struct {
+	file      string
 	configMap *corev1.ConfigMap
 	secret    *corev1.Secret
 	pvc       *corev1.PersistentVolumeClaim
@@ -85,9 +87,21 @@ func decodeStrict(doc []byte) (any, error) {
 	return obj, nil
 }
 
+// loadManifest reads sidecar.yaml, which has a claim.
 func loadManifest(t *testing.T) manifest {
 	t.Helper()
-	data, err := os.ReadFile(manifestFile)
+	m := readManifest(t, manifestFile)
+	if m.pvc == nil {
+		t.Fatalf("%s: want a PersistentVolumeClaim", m.file)
+	}
+	return m
+}
+
+// readManifest decodes every document of file strictly; it must hold a
+// ConfigMap, a Secret and a Deployment, and may hold a claim.
+func readManifest(t *testing.T, file string) manifest {
+	t.Helper()
+	data, err := os.ReadFile(file)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,18 +109,18 @@ func loadManifest(t *testing.T) manifest {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var m manifest
+	m := manifest{file: file}
 	for i, doc := range docs {
 		obj, err := decodeStrict(doc)
 		if err != nil {
-			t.Fatalf("%s document %d: %v", manifestFile, i+1, err)
+			t.Fatalf("%s document %d: %v", file, i+1, err)
 		}
 		once := func(have bool, kind, name string) {
 			if have {
-				t.Fatalf("%s document %d: a second %s (%s): the test expects one", manifestFile, i+1, kind, name)
+				t.Fatalf("%s document %d: a second %s (%s): the test expects one", file, i+1, kind, name)
 			}
 			if name == "" {
-				t.Fatalf("%s document %d: %s without metadata.name", manifestFile, i+1, kind)
+				t.Fatalf("%s document %d: %s without metadata.name", file, i+1, kind)
 			}
 		}
 		switch o := obj.(type) {
@@ -124,8 +138,8 @@ func loadManifest(t *testing.T) manifest {
 			m.deploy = o
 		}
 	}
-	if m.configMap == nil || m.secret == nil || m.pvc == nil || m.deploy == nil {
-		t.Fatalf("%s: want a ConfigMap, a Secret, a PersistentVolumeClaim and a Deployment", manifestFile)
+	if m.configMap == nil || m.secret == nil || m.deploy == nil {
+		t.Fatalf("%s: want a ConfigMap, a Secret and a Deployment", file)
 	}
 	return m
 }
@@ -320,7 +334,10 @@ func TestOnePodWritesTheTokenStore(t *testing.T) {
 }
 
 func TestConfigurationIsTheConfigMapsAndDecodes(t *testing.T) {
-	m := loadManifest(t)
+	checkConfigurationIsTheConfigMaps(t, loadManifest(t))
+}
+
+func checkConfigurationIsTheConfigMaps(t *testing.T, m manifest) {
 	c, _ := m.mailproxy(t)
 	m.config(t) // decodes
 	p := configPath(c)
@@ -365,7 +382,10 @@ func TestStateIsOnTheVolume(t *testing.T) {
 var envRef = regexp.MustCompile(`\$\{env:([^}]*)\}`)
 
 func TestSecretsComeFromTheSecret(t *testing.T) {
-	m := loadManifest(t)
+	checkSecretsComeFromTheSecret(t, loadManifest(t))
+}
+
+func checkSecretsComeFromTheSecret(t *testing.T, m manifest) {
 	c, _ := m.mailproxy(t)
 	_, text := m.config(t)
 	env := map[string]corev1.EnvVar{}
@@ -405,7 +425,10 @@ func TestSecretsComeFromTheSecret(t *testing.T) {
 }
 
 func TestProbesAreOnTheAdminServer(t *testing.T) {
-	m := loadManifest(t)
+	checkProbesAreOnTheAdminServer(t, loadManifest(t))
+}
+
+func checkProbesAreOnTheAdminServer(t *testing.T, m manifest) {
 	c, _ := m.mailproxy(t)
 	cfg, _ := m.config(t)
 	if cfg.Admin == nil {
@@ -467,7 +490,10 @@ func TestProbesAreOnTheAdminServer(t *testing.T) {
 }
 
 func TestListenersAreOnThePodsLoopback(t *testing.T) {
-	m := loadManifest(t)
+	checkListenersAreOnThePodsLoopback(t, loadManifest(t))
+}
+
+func checkListenersAreOnThePodsLoopback(t *testing.T, m manifest) {
 	cfg, _ := m.config(t)
 	for _, name := range cfg.ProfileNames() {
 		p := cfg.Profiles[name]
@@ -490,7 +516,10 @@ func TestListenersAreOnThePodsLoopback(t *testing.T) {
 }
 
 func TestNonRootReadOnlyNoPrivileges(t *testing.T) {
-	m := loadManifest(t)
+	checkNonRootReadOnlyNoPrivileges(t, loadManifest(t))
+}
+
+func checkNonRootReadOnlyNoPrivileges(t *testing.T, m manifest) {
 	spec := m.deploy.Spec.Template.Spec
 	psc := spec.SecurityContext
 	if psc == nil || psc.RunAsNonRoot == nil || !*psc.RunAsNonRoot {
@@ -530,7 +559,10 @@ func TestNonRootReadOnlyNoPrivileges(t *testing.T) {
 }
 
 func TestTerminationOutlastsShutdownGrace(t *testing.T) {
-	m := loadManifest(t)
+	checkTerminationOutlastsShutdownGrace(t, loadManifest(t))
+}
+
+func checkTerminationOutlastsShutdownGrace(t *testing.T, m manifest) {
 	cfg, _ := m.config(t)
 	tg := m.deploy.Spec.Template.Spec.TerminationGracePeriodSeconds
 	grace := int64(cfg.ShutdownGrace.D().Seconds())

@@ -320,6 +320,20 @@ func TestTenReplicasShareOneSignIn(t *testing.T) {
 			t.Errorf("message %s was accepted (250) but not delivered", m)
 		}
 	}
+	// A removal through one replica's CLI ends the profile on another
+	// within 2 s: its apps are told to have someone sign in.
+	if out, err := exec.Command(env.bin, "token", "remove", "-config", cfg0, "shared").CombinedOutput(); err != nil {
+		t.Fatalf("token remove: %v\n%s", err, out)
+	}
+	removed := time.Now()
+	for curlIMAPLogin(replicas[1].imap) == nil {
+		if time.Since(removed) > 2*time.Second {
+			t.Fatal("replica 1 still serves the profile 2 s after token remove on replica 0's store")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("replica 1 stopped serving %s after token remove", time.Since(removed).Round(time.Millisecond))
+
 	// Sharing: about one redemption per three quarters of a token's life
 	// for all ten replicas, where ten stores would each make as many.
 	lifetimes := float64(run) / float64(replicaTTL)

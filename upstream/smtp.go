@@ -49,6 +49,7 @@ type SMTP struct {
 	mu       sync.Mutex
 	idle     []*smtpConn
 	closed   bool
+	reaping  bool // reap is scheduled
 	sessions atomic.Int64
 	// quits are the QUITs of sessions being closed, waited for by Close.
 	quits sync.WaitGroup
@@ -209,12 +210,49 @@ func (s *SMTP) put(sc *smtpConn, sent bool) {
 	sc.lastUsed = time.Now()
 	s.mu.Lock()
 	if !s.closed && sc.sent < s.o.MessagesPerSession && len(s.idle) < s.o.MaxIdle {
-		s.idle = append(s.idle, sc)
+		s.pool(sc)
 		s.mu.Unlock()
 		return
 	}
 	s.mu.Unlock()
 	s.quit(sc)
+}
+
+// pool keeps sc for the next message, and says QUIT to it once it has
+// been idle for IdleTimeout. The caller holds s.mu.
+func (s *SMTP) pool(sc *smtpConn) {
+	s.idle = append(s.idle, sc)
+	if !s.reaping {
+		s.reaping = true
+		time.AfterFunc(s.o.IdleTimeout, s.reap)
+	}
+}
+
+// reap ends the sessions idle for IdleTimeout or more, and comes back for
+// the others when the first of them will be.
+func (s *SMTP) reap() {
+	s.mu.Lock()
+	var stale []*smtpConn
+	kept := s.idle[:0]
+	next := s.o.IdleTimeout
+	for _, sc := range s.idle {
+		if idle := time.Since(sc.lastUsed); idle >= s.o.IdleTimeout {
+			stale = append(stale, sc)
+		} else {
+			kept = append(kept, sc)
+			next = min(next, s.o.IdleTimeout-idle)
+		}
+	}
+	clear(s.idle[len(kept):])
+	s.idle = kept
+	s.reaping = len(kept) > 0
+	if s.reaping {
+		time.AfterFunc(next, s.reap)
+	}
+	s.mu.Unlock()
+	for _, sc := range stale {
+		s.quit(sc)
+	}
 }
 
 // dial connects, secures and authenticates a new session.

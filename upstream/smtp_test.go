@@ -188,3 +188,42 @@ func TestSMTPUpstreamSessionReleasedWhileClosing(t *testing.T) {
 		t.Fatalf("%d sessions pooled after Close", n)
 	}
 }
+
+// A pooled session left idle for IdleTimeout is ended with QUIT, rather
+// than held open until the server times it out.
+func TestSMTPUpstreamEndsIdleSessions(t *testing.T) {
+	quits := make(chan struct{}, 10)
+	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			if strings.HasPrefix(strings.ToUpper(line), "QUIT") {
+				io.WriteString(c, "221 bye\r\n")
+				quits <- struct{}{}
+				return
+			}
+			io.WriteString(c, "250 ok\r\n")
+		}
+	})
+	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", IdleTimeout: 200 * time.Millisecond,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
+	defer up.Close()
+	txn, err := up.Begin(context.Background(), "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn.Abort() // pooled
+	select {
+	case <-quits:
+	case <-time.After(3 * time.Second):
+		t.Fatal("an idle pooled session was not ended after IdleTimeout")
+	}
+	up.mu.Lock()
+	n := len(up.idle)
+	up.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d sessions still pooled", n)
+	}
+}

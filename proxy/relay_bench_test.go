@@ -1,0 +1,60 @@
+package proxy
+
+// The relay loop on its hot path: an upstream that streams over TLS in
+// small records, as Dovecot does, relayed to a local client on loopback.
+//
+//	go test -run '^$' -bench Relay -cpuprofile cpu.out ./proxy/
+
+import (
+	"crypto/tls"
+	"io"
+	"net/http/httptest"
+	"testing"
+)
+
+func BenchmarkRelayTLSToLocal(b *testing.B) {
+	const total = 64 << 20
+	cert := httptest.NewTLSServer(nil) // for its certificate
+	cfg := cert.TLS.Clone()
+	cert.Close()
+	l, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		chunk := make([]byte, 4<<10) // Dovecot writes about 4 KB at a time
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				for sent := 0; sent < total; sent += len(chunk) {
+					if _, err := c.Write(chunk); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	b.SetBytes(total)
+	for b.Loop() {
+		up, err := tls.Dial("tcp", l.Addr().String(), &tls.Config{InsecureSkipVerify: true})
+		if err != nil {
+			b.Fatal(err)
+		}
+		app, local := tcpPair(b)
+		done := make(chan struct{})
+		go func() {
+			relay(local, up, nil, DefaultIdleTimeout, nil)
+			close(done)
+		}()
+		if n, _ := io.Copy(io.Discard, app); n != total {
+			b.Fatalf("relayed %d bytes, want %d", n, total)
+		}
+		app.Close()
+		<-done
+	}
+}

@@ -102,18 +102,26 @@ func (r *pipes) copy(dst, src net.Conn) (int64, error) {
 		}
 	}()
 	var total int64
+	// The deadlines are moved on only once a sixteenth of the idle timeout
+	// has passed since they were set, not on every read and write.
+	var readBy, writeBy time.Time
+	stale := func(by time.Time) bool { return r.ending.Load() || time.Until(by) < r.idle-r.idle/16 }
 	for {
-		src.SetReadDeadline(r.deadline())
-		if r.ending.Load() { // it may have been set between the two lines above
-			src.SetReadDeadline(time.Now().Add(halfCloseGrace))
+		if stale(readBy) {
+			readBy = r.deadline()
+			src.SetReadDeadline(readBy)
+			if r.ending.Load() { // it may have been set between the two lines above
+				readBy = time.Now().Add(halfCloseGrace)
+				src.SetReadDeadline(readBy)
+			}
 		}
 		n, err := src.Read(buf)
-		if err == nil && large != nil {
-			n = r.gather(src, buf, n)
-		}
 		if n > 0 {
 			r.act.touch()
-			dst.SetWriteDeadline(r.deadline())
+			if stale(writeBy) {
+				writeBy = r.deadline()
+				dst.SetWriteDeadline(writeBy)
+			}
 			w, werr := dst.Write(buf[:n])
 			total += int64(w)
 			if werr != nil {
@@ -141,27 +149,6 @@ func (r *pipes) copy(dst, src net.Conn) (int64, error) {
 			large, buf = nil, small
 		}
 	}
-}
-
-// gatherWait is how long a streaming relay waits for more bytes before it
-// writes what it has.
-const gatherWait = 50 * time.Microsecond
-
-// gather adds to buf[:n] what src delivers within gatherWait per read, so
-// a burst arriving as many small TLS records (Dovecot sends ~4 KB) leaves in
-// one write instead of one per record: fewer syscalls and wake-ups on both
-// sides. Only streaming reads gather; an error is seen again by the next
-// Read.
-func (r *pipes) gather(src net.Conn, buf []byte, n int) int {
-	for n < len(buf) {
-		src.SetReadDeadline(time.Now().Add(gatherWait))
-		m, err := src.Read(buf[n:])
-		n += m
-		if err != nil || m == 0 {
-			break
-		}
-	}
-	return n
 }
 
 var errIdle = errors.New("idle timeout")

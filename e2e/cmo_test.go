@@ -66,25 +66,15 @@ func TestImportedWebConfigSendsAndReceives(t *testing.T) {
 			vars[k] = strings.Trim(v, "'")
 		}
 	}
-	p := &proxy{t: t, logs: &syncBuffer{}, done: make(chan struct{}), cfg: cfg}
-	p.cmd = exec.Command(env.bin, "serve", "-config", cfg)
-	p.cmd.Env = append(os.Environ(), "SSL_CERT_FILE="+env.idpCA)
 	for k, v := range vars {
-		p.cmd.Env = append(p.cmd.Env, k+"="+v)
+		t.Setenv(k, v) // the variables the import asks for, as systemd's EnvironmentFile= would set them
 	}
-	p.cmd.Stdout, p.cmd.Stderr = p.logs, p.logs
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	go func() { p.cmd.Wait(); close(p.done) }()
 	t.Cleanup(func() {
-		p.stop()
 		if t.Failed() {
-			t.Logf("configuration:\n%s\nmailproxy log:\n%s", s, p.logs.String())
+			t.Logf("configuration:\n%s", s)
 		}
 	})
-	waitListening(t, smtpAddr, p)
-	waitListening(t, imapAddr, p)
+	startProxyFile(t, cfg, smtpAddr, imapAddr)
 
 	// CMO sends with the local login the report gave it (swaks as the app).
 	marker := uniqueMarker(t)

@@ -420,7 +420,10 @@ func (a *App) buildUpstreams(p *config.Profile) error {
 
 // clientTLS trusts caFile instead of the system roots when given.
 func clientTLS(caFile string) (*tls.Config, error) {
-	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	// Sessions are resumed: an upstream session after the first (one per
+	// messages_per_session messages, one per IMAP or POP3 login) skips
+	// the certificate and its check.
+	tc := &tls.Config{MinVersion: tls.VersionTLS12, ClientSessionCache: tls.NewLRUClientSessionCache(16)}
 	if caFile == "" {
 		return tc, nil
 	}

@@ -136,6 +136,8 @@ func (s *SMTPServer) Serve(l net.Listener) error {
 	l = g
 	if s.implicit {
 		l = tls.NewListener(l, s.o.TLSConfig)
+	} else {
+		l = lineListener{l}
 	}
 	err := s.srv.Serve(l)
 	if errors.Is(err, smtp.ErrServerClosed) {
@@ -168,7 +170,7 @@ func (s *SMTPServer) Shutdown(ctx context.Context) error {
 
 // NewSession implements smtp.Backend.
 func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	ss := &smtpSession{s: s, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String(), start: time.Now()}
+	ss := &smtpSession{s: s, conn: c, gc: guardedOf(c.Conn()), remote: c.Conn().RemoteAddr().String(), start: time.Now()}
 	ss.life, ss.end = context.WithCancel(context.Background())
 	ss.ctx, ss.cancel = context.WithCancel(ss.life)
 	ss.stopAfter = context.AfterFunc(s.shutdown, ss.cancel)
@@ -185,8 +187,9 @@ func (s *SMTPServer) NewSession(c *smtp.Conn) (smtp.Session, error) {
 }
 
 type smtpSession struct {
-	s  *SMTPServer
-	gc *guardedConn // under TLS, if any
+	s    *SMTPServer
+	conn *smtp.Conn
+	gc   *guardedConn // under TLS, if any
 	// life ends with the session; ctx also when shutdown starts.
 	life      context.Context
 	end       context.CancelFunc
@@ -302,6 +305,11 @@ func (ss *smtpSession) Data(r io.Reader) error {
 		return &smtp.SMTPError{Code: 503, EnhancedCode: smtp.EnhancedCode{5, 5, 1}, Message: "MAIL first"}
 	}
 	start := time.Now()
+	if lc, ok := ss.conn.Conn().(*lineConn); ok { // not after STARTTLS
+		m := lc.message(ss.s.o.MaxMessageBytes, ss.s.srv.MaxLineLength)
+		defer m.drain()
+		r = m
+	}
 	cr := &countingReader{r: r}
 	// A message in flight may finish during a graceful shutdown: its
 	// connection is left open and its context ends only when the session

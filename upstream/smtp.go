@@ -58,7 +58,9 @@ type SMTP struct {
 type smtpConn struct {
 	c        *smtp.Client
 	raw      net.Conn // under TLS, for closing from another goroutine
+	w        net.Conn // what go-smtp writes to: a message is written to it directly
 	sent     int
+	dirty    bool // a transaction may be open: RSET before the next (a message ends its own, RFC 5321 §4.1.1.4)
 	lastUsed time.Time
 }
 
@@ -188,9 +190,12 @@ func (s *SMTP) get(ctx context.Context) (*smtpConn, bool, error) {
 			s.quit(sc)
 			continue
 		}
-		if err := sc.do(ctx, sc.c.Reset); err != nil {
-			sc.c.Close()
-			continue
+		if sc.dirty {
+			if err := sc.do(ctx, sc.c.Reset); err != nil {
+				sc.c.Close()
+				continue
+			}
+			sc.dirty = false
 		}
 		return sc, true, nil
 	}
@@ -207,6 +212,7 @@ func (s *SMTP) put(sc *smtpConn, sent bool) {
 	if sent {
 		sc.sent++
 	}
+	sc.dirty = !sent
 	sc.lastUsed = time.Now()
 	s.mu.Lock()
 	if !s.closed && sc.sent < s.o.MessagesPerSession && len(s.idle) < s.o.MaxIdle {
@@ -298,22 +304,20 @@ func (s *SMTP) connect(ctx context.Context) (*smtpConn, error) {
 	defer conn.SetDeadline(time.Time{})
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
-	var c *smtp.Client
 	if s.o.TLS == "starttls" {
-		if c, err = smtp.NewClientStartTLS(conn, s.o.TLSConfig); err != nil {
+		if conn, err = startTLS(ctx, conn, s.o.TLSConfig); err != nil {
 			raw.Close()
 			return nil, &Error{Profile: s.o.Profile, Stage: StageTLS, Err: fmt.Errorf("STARTTLS: %w", err)}
 		}
-	} else {
-		c = smtp.NewClient(conn)
-		if err := c.Hello("localhost"); err != nil {
-			c.Close()
-			return nil, &Error{Profile: s.o.Profile, Stage: StageConnect, Err: err}
-		}
+	}
+	c := smtp.NewClient(conn)
+	if err := c.Hello("localhost"); err != nil {
+		c.Close()
+		return nil, &Error{Profile: s.o.Profile, Stage: StageConnect, Err: err}
 	}
 	c.CommandTimeout = s.o.Timeout
 	c.SubmissionTimeout = s.o.FinalReplyTimeout
-	return &smtpConn{c: c, raw: raw}, nil
+	return &smtpConn{c: c, raw: raw, w: conn}, nil
 }
 
 // do runs one exchange with the server; if ctx ends meanwhile the
@@ -395,7 +399,8 @@ func (t trackedReader) Read(p []byte) (int, error) {
 // accepted it (250). If reading r fails (local client gone, message too
 // large) or ctx ends, the upstream connection is dropped without the final
 // dot, so a partial message is never delivered; a read error is returned
-// as is.
+// as is. The message is dot-stuffed here and written to the connection
+// itself; go-smtp's writer only ends it and reads the reply.
 func (t *SMTPTransaction) Data(ctx context.Context, r io.Reader) error {
 	stop := context.AfterFunc(ctx, func() { t.sc.raw.Close() })
 	defer stop()
@@ -409,7 +414,13 @@ func (t *SMTPTransaction) Data(ctx context.Context, r io.Reader) error {
 		t.fail()
 		return &Error{Profile: t.up.o.Profile, Stage: StageSession, Err: err}
 	}
-	if _, err := io.Copy(w, trackedReader{r}); err != nil {
+	dw := newDotWriter(t.sc.w)
+	defer dw.release()
+	_, err = io.Copy(dw, trackedReader{r})
+	if err == nil {
+		err = dw.Close()
+	}
+	if err != nil {
 		t.fail()
 		var le *localReadError
 		if errors.As(err, &le) {

@@ -227,3 +227,74 @@ func TestSMTPUpstreamEndsIdleSessions(t *testing.T) {
 		t.Fatalf("%d sessions still pooled", n)
 	}
 }
+
+// A pooled session is RSET before its next transaction only when the last
+// one may still be open: a message the server took ended its own. (go-smtp
+// says EHLO again after RSET; before, every message but a session's first
+// waited for both.)
+func TestSMTPUpstreamRSETOnlyAfterAnAbortedTransaction(t *testing.T) {
+	verbs := make(chan string, 100)
+	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
+		verbs <- "MAIL"
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				return
+			}
+			verb := strings.ToUpper(strings.Fields(line + " x")[0])
+			switch verb {
+			case "DATA":
+				io.WriteString(c, "354 go ahead\r\n")
+				for l := ""; l != ".\r\n"; {
+					if l, err = r.ReadString('\n'); err != nil {
+						return
+					}
+				}
+				io.WriteString(c, "250 2.0.0 queued\r\n")
+			case "QUIT":
+				io.WriteString(c, "221 bye\r\n")
+				return
+			default:
+				io.WriteString(c, "250 ok\r\n")
+			}
+			verbs <- verb
+		}
+	})
+	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 10,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
+	defer up.Close()
+	ctx := context.Background()
+	send := func() {
+		txn, err := up.Begin(ctx, "a@x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := txn.Rcpt(ctx, "b@x", nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := txn.Data(ctx, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	send()
+	send()
+	txn, err := up.Begin(ctx, "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	txn.Abort()
+	send()
+	var got []string
+	for len(got) < 12 {
+		select {
+		case v := <-verbs:
+			got = append(got, v)
+		case <-time.After(3 * time.Second):
+			t.Fatalf("verbs so far: %v", got)
+		}
+	}
+	want := "MAIL RCPT DATA MAIL RCPT DATA MAIL RSET EHLO MAIL RCPT DATA"
+	if strings.Join(got, " ") != want {
+		t.Fatalf("upstream got %v, want %s", got, want)
+	}
+}

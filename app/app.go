@@ -79,6 +79,7 @@ type shared struct {
 	graphLimiter *graph.Limiter
 	logins       map[int]*proxy.LoginGuard // by failed logins a minute
 	metrics      *admin.Metrics
+	sessionsSeen *collectAfterLogins // metrics, and the memory of login bursts returned
 	webhook      *admin.Webhook
 	adminHandler *admin.Server
 	// reloadProblem is why the last reload was refused ("" when it was
@@ -190,6 +191,7 @@ func newShared(ctx context.Context, cfg *config.Config, o Options) (*shared, err
 		store = sh.vault
 	}
 	sh.metrics = admin.NewMetrics(nil, store)
+	sh.sessionsSeen = newCollectAfterLogins(sh.metrics)
 	return sh, nil
 }
 
@@ -452,4 +454,4 @@ func serverTLS(t *config.LocalTLS) (*tls.Config, error) {
 }
 
 // observer is what the listeners report to: the metrics.
-func (a *App) observer() proxy.Observer { return a.metrics }
+func (a *App) observer() proxy.Observer { return a.sessionsSeen }

@@ -34,7 +34,9 @@ type RelayIMAP struct{ Upstream IMAPUpstream }
 
 // Login implements IMAPBackend.
 func (r RelayIMAP) Login(ctx context.Context) ([]string, LoggedIn, error) {
-	up, caps, err := r.Upstream.Login(ctx)
+	var up net.Conn
+	var caps []string
+	err := apart(func() (err error) { up, caps, err = r.Upstream.Login(ctx); return err })
 	if err != nil {
 		return nil, nil, err
 	}

@@ -30,7 +30,8 @@ type RelayPOP3 struct{ Upstream POP3Upstream }
 
 // Login implements POP3Backend.
 func (r RelayPOP3) Login(ctx context.Context) (LoggedIn, error) {
-	up, err := r.Upstream.Login(ctx)
+	var up net.Conn
+	err := apart(func() (err error) { up, err = r.Upstream.Login(ctx); return err })
 	if err != nil {
 		return nil, err
 	}

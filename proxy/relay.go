@@ -153,6 +153,17 @@ func (r *pipes) copy(dst, src net.Conn) (int64, error) {
 
 var errIdle = errors.New("idle timeout")
 
+// apart runs f on a goroutine of its own and waits for it. An upstream
+// login (TLS handshake, token request) grows a goroutine's stack to 16 KB
+// or more, and a stack keeps its size until a garbage collection finds it
+// mostly unused: run on the session's goroutine, which then relays for
+// hours, it would cost that much for every idle session.
+func apart(f func() error) error {
+	done := make(chan error, 1)
+	go func() { done <- f() }()
+	return <-done
+}
+
 // closeWrite half-closes c where the connection type allows it.
 func closeWrite(c net.Conn) {
 	if cw, ok := c.(interface{ CloseWrite() error }); ok {

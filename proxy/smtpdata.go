@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"fmt"
 	"io"
+	"math"
 	"net"
 
 	"github.com/emersion/go-smtp"
@@ -69,8 +70,11 @@ func (c *lineConn) buffered() ([]byte, error) {
 // message reads the message after DATA's 354: RFC 5321 §4.5.2, as
 // go-smtp's reader does it (a line begins after CRLF; a dot that begins
 // one is removed; CRLF "." CRLF ends the message), with go-smtp's limits:
-// maxBytes of message (0: none) and maxLine octets in a line.
+// maxBytes of message and maxLine octets in a line (0: no limit).
 func (c *lineConn) message(maxBytes int64, maxLine int) *messageReader {
+	if maxLine <= 0 {
+		maxLine = math.MaxInt
+	}
 	return &messageReader{c: c, left: maxBytes, limited: maxBytes > 0, maxLine: maxLine}
 }
 

@@ -28,8 +28,9 @@ type SMTPOptions struct {
 	// MessagesPerSession is how many messages one session carries before it
 	// is closed (default 3).
 	MessagesPerSession int
-	// MaxIdle sessions kept open between messages (default 4), each for at
-	// most IdleTimeout (default 60 s).
+	// MaxIdle sessions kept open between messages (default 4), or as many
+	// as carry a message at the time, each for at most IdleTimeout (default
+	// 60 s).
 	MaxIdle     int
 	IdleTimeout time.Duration
 	// Timeout bounds each command's reply and each write (default 2 min):
@@ -43,16 +44,24 @@ type SMTPOptions struct {
 }
 
 // SMTP delivers messages to one upstream server, reusing each
-// authenticated session for up to MessagesPerSession messages.
+// authenticated session for up to MessagesPerSession messages. When a
+// session takes its last messages, its successor is opened and logged in
+// to, so that the next message does not wait for a handshake.
 type SMTP struct {
 	o        SMTPOptions
 	mu       sync.Mutex
 	idle     []*smtpConn
+	busy     int // sessions carrying a transaction
+	peak     int // most busy at once since the last reap
 	closed   bool
 	reaping  bool // reap is scheduled
 	sessions atomic.Int64
 	// quits are the QUITs of sessions being closed, waited for by Close.
 	quits sync.WaitGroup
+	// warming are the successors being opened; stop ends them at Close.
+	warming sync.WaitGroup
+	ctx     context.Context
+	stop    context.CancelFunc
 }
 
 type smtpConn struct {
@@ -61,6 +70,7 @@ type smtpConn struct {
 	w        net.Conn // what go-smtp writes to: a message is written to it directly
 	sent     int
 	dirty    bool // a transaction may be open: RSET before the next (a message ends its own, RFC 5321 §4.1.1.4)
+	followed bool // its successor is being or has been opened
 	lastUsed time.Time
 }
 
@@ -94,7 +104,8 @@ func NewSMTP(o SMTPOptions) *SMTP {
 		o.TLSConfig = o.TLSConfig.Clone()
 		o.TLSConfig.ServerName, _ = splitPort(o.Addr)
 	}
-	return &SMTP{o: o}
+	ctx, stop := context.WithCancel(context.Background())
+	return &SMTP{o: o, ctx: ctx, stop: stop}
 }
 
 // Sessions is the number of upstream sessions opened so far.
@@ -118,7 +129,7 @@ func (s *SMTP) Begin(ctx context.Context, from string, opts *smtp.MailOptions) (
 			s.put(sc, false)
 			return nil, err
 		}
-		sc.c.Close()
+		s.drop(sc)
 		// A pooled session the server has since closed: one retry on a new one.
 		if !reused || attempt > 0 {
 			return nil, &Error{Profile: s.o.Profile, Stage: StageSession, Err: err}
@@ -136,13 +147,15 @@ func (s *SMTP) Check(ctx context.Context) error {
 	return nil
 }
 
-// Close ends idle sessions and waits for the QUITs under way; sessions in
-// use end when released, without being waited for.
+// Close ends idle sessions and those being opened, and waits for the QUITs
+// under way; sessions in use end when released, without being waited for.
 func (s *SMTP) Close() {
 	s.mu.Lock()
 	idle := s.idle
 	s.idle, s.closed = nil, true
 	s.mu.Unlock()
+	s.stop()
+	s.warming.Wait()
 	var quits sync.WaitGroup
 	for _, sc := range idle {
 		quits.Go(func() { sayQuit(sc) })
@@ -174,8 +187,31 @@ func sayQuit(sc *smtpConn) {
 	sc.c.Close()
 }
 
-// get returns an idle session (after RSET) or a new one.
+// followAhead is how many messages before its last a session's successor
+// is opened: opening one (greeting, EHLO, STARTTLS, TLS, EHLO, AUTH) takes
+// 5 round trips or more, a message (MAIL, RCPT, DATA, the dot) 4, so the
+// successor is ready when the last message is done.
+const followAhead = 2
+
+// get returns an idle session (after RSET) or a new one, counted as busy
+// until put or dropped.
 func (s *SMTP) get(ctx context.Context) (*smtpConn, bool, error) {
+	sc, reused, err := s.take(ctx)
+	if err != nil {
+		return nil, false, err
+	}
+	s.mu.Lock()
+	s.busy++
+	s.peak = max(s.peak, s.busy)
+	if sc.sent+followAhead >= s.o.MessagesPerSession && !sc.followed && !s.closed {
+		sc.followed = true
+		s.warming.Go(s.warm)
+	}
+	s.mu.Unlock()
+	return sc, reused, nil
+}
+
+func (s *SMTP) take(ctx context.Context) (*smtpConn, bool, error) {
 	for {
 		s.mu.Lock()
 		var sc *smtpConn
@@ -185,6 +221,14 @@ func (s *SMTP) get(ctx context.Context) (*smtpConn, bool, error) {
 		s.mu.Unlock()
 		if sc == nil {
 			break
+		}
+		// A session logged in before the account was signed out (its
+		// grant revoked, or token remove) carries no more messages. A
+		// temporary token failure does not stop it: it is logged in.
+		if _, err := s.o.Auth.token(ctx, s.o.Profile); KindOf(err) == PersonNeeded {
+			s.quit(sc)
+			s.endIdle()
+			return nil, false, err
 		}
 		if time.Since(sc.lastUsed) > s.o.IdleTimeout {
 			s.quit(sc)
@@ -206,6 +250,17 @@ func (s *SMTP) get(ctx context.Context) (*smtpConn, bool, error) {
 	return sc, false, nil
 }
 
+// endIdle says QUIT to every idle session.
+func (s *SMTP) endIdle() {
+	s.mu.Lock()
+	idle := s.idle
+	s.idle = nil
+	s.mu.Unlock()
+	for _, sc := range idle {
+		s.quit(sc)
+	}
+}
+
 // put returns a session to the pool after a message (sent) or an aborted
 // transaction; a session that carried MessagesPerSession messages is closed.
 func (s *SMTP) put(sc *smtpConn, sent bool) {
@@ -215,8 +270,46 @@ func (s *SMTP) put(sc *smtpConn, sent bool) {
 	sc.dirty = !sent
 	sc.lastUsed = time.Now()
 	s.mu.Lock()
-	if !s.closed && sc.sent < s.o.MessagesPerSession && len(s.idle) < s.o.MaxIdle {
+	s.busy--
+	if !s.closed && sc.sent < s.o.MessagesPerSession && len(s.idle) < s.idleCap() {
 		s.pool(sc)
+		s.mu.Unlock()
+		return
+	}
+	s.mu.Unlock()
+	s.quit(sc)
+}
+
+// drop closes a busy session that is broken.
+func (s *SMTP) drop(sc *smtpConn) {
+	s.mu.Lock()
+	s.busy--
+	s.mu.Unlock()
+	sc.c.Close()
+}
+
+// idleCap is how many idle sessions are kept: MaxIdle, or as many as were
+// in use at once lately, since each of their senders is likely to want one
+// again. The caller holds s.mu.
+func (s *SMTP) idleCap() int { return max(s.o.MaxIdle, s.peak) }
+
+// warm opens the successor of a session near its last message and pools
+// it. If it cannot be opened, the next message opens one itself and
+// reports why.
+func (s *SMTP) warm() {
+	sc, err := s.dial(s.ctx)
+	if err != nil {
+		s.o.Logger.Debug("upstream session not opened ahead", "profile", s.o.Profile, "upstream", s.o.Addr, "err", err)
+		return
+	}
+	sc.lastUsed = time.Now()
+	s.mu.Lock()
+	if !s.closed && len(s.idle) < s.idleCap() {
+		// Behind the sessions with messages left, which go first: they
+		// are used up in turn, rather than each kept on for a last one.
+		s.pool(sc)
+		copy(s.idle[1:], s.idle)
+		s.idle[0] = sc
 		s.mu.Unlock()
 		return
 	}
@@ -251,6 +344,7 @@ func (s *SMTP) reap() {
 	}
 	clear(s.idle[len(kept):])
 	s.idle = kept
+	s.peak = s.busy
 	s.reaping = len(kept) > 0
 	if s.reaping {
 		time.AfterFunc(next, s.reap)
@@ -459,7 +553,7 @@ func (t *SMTPTransaction) fail() {
 		return
 	}
 	t.done = true
-	t.sc.c.Close()
+	t.up.drop(t.sc)
 }
 
 // smtpReplyText is a server reply as it was on the wire: "535 5.7.8 text".

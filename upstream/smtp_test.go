@@ -7,8 +7,11 @@ import (
 	"io"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"golang.org/x/oauth2"
 )
 
 // fakeSMTP is a server that answers EHLO and AUTH, then behaves as
@@ -296,5 +299,206 @@ func TestSMTPUpstreamRSETOnlyAfterAnAbortedTransaction(t *testing.T) {
 	want := "MAIL RCPT DATA MAIL RCPT DATA MAIL RSET EHLO MAIL RCPT DATA"
 	if strings.Join(got, " ") != want {
 		t.Fatalf("upstream got %v, want %s", got, want)
+	}
+}
+
+// fakeSMTPCounting is a server that takes every message and counts the
+// logins it has seen on auths.
+func fakeSMTPCounting(t *testing.T, auths chan<- struct{}) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				io.WriteString(c, "220 fake ESMTP\r\n")
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					switch strings.ToUpper(strings.Fields(line + " x")[0]) {
+					case "EHLO":
+						io.WriteString(c, "250-fake\r\n250 AUTH XOAUTH2\r\n")
+					case "AUTH":
+						io.WriteString(c, "235 ok\r\n")
+						auths <- struct{}{}
+					case "DATA":
+						io.WriteString(c, "354 go ahead\r\n")
+						for l := ""; l != ".\r\n"; {
+							if l, err = r.ReadString('\n'); err != nil {
+								return
+							}
+						}
+						io.WriteString(c, "250 2.0.0 queued\r\n")
+					case "QUIT":
+						io.WriteString(c, "221 bye\r\n")
+						return
+					default:
+						io.WriteString(c, "250 ok\r\n")
+					}
+				}
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+func sendVia(t *testing.T, up *SMTP) {
+	t.Helper()
+	ctx := context.Background()
+	txn, err := up.Begin(ctx, "a@x", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Rcpt(ctx, "b@x", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := txn.Data(ctx, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// When a session takes its second-last message, the next one is opened
+// and logged in to without waiting for a message to need it; the session
+// carries its last message, and the next message goes on the new one.
+func TestSMTPUpstreamOpensTheNextSessionAhead(t *testing.T) {
+	auths := make(chan struct{}, 10)
+	addr := fakeSMTPCounting(t, auths)
+	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 3,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
+	defer up.Close()
+	sendVia(t, up)
+	<-auths
+	sendVia(t, up) // the session's second-last
+	select {
+	case <-auths:
+	case <-time.After(3 * time.Second):
+		t.Fatal("no second session was opened before a message needed it")
+	}
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		up.mu.Lock()
+		n := len(up.idle)
+		up.mu.Unlock()
+		if n == 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d sessions pooled, want the first and the one opened ahead", n)
+		}
+	}
+	sendVia(t, up) // the first session's last
+	sendVia(t, up) // the second's first
+	select {
+	case <-auths:
+		t.Fatal("a message opened a session of its own")
+	case <-time.After(100 * time.Millisecond):
+	}
+	if n := up.Sessions(); n != 2 {
+		t.Fatalf("%d sessions opened for 4 messages, want 2", n)
+	}
+	up.mu.Lock()
+	sent := []int{}
+	for _, sc := range up.idle {
+		sent = append(sent, sc.sent)
+	}
+	up.mu.Unlock()
+	if len(sent) != 1 || sent[0] != 1 {
+		t.Fatalf("pooled sessions carried %v messages, want [1]: the first, having carried 3, is closed", sent)
+	}
+}
+
+// Sessions released together, more of them than MaxIdle, are all kept when
+// as many were in use at once: their senders will want them again.
+func TestSMTPUpstreamKeepsASessionForEachRecentSender(t *testing.T) {
+	auths := make(chan struct{}, 100)
+	addr := fakeSMTPCounting(t, auths)
+	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 100, MaxIdle: 2,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
+	defer up.Close()
+	var txns []*SMTPTransaction
+	for range 6 {
+		txn, err := up.Begin(context.Background(), "a@x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		txns = append(txns, txn)
+	}
+	for _, txn := range txns {
+		txn.Abort()
+	}
+	up.mu.Lock()
+	n := len(up.idle)
+	up.mu.Unlock()
+	if n != 6 {
+		t.Fatalf("%d sessions pooled after 6 in use at once, want 6", n)
+	}
+	for range 6 {
+		txn, err := up.Begin(context.Background(), "a@x", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer txn.Abort()
+	}
+	if n := up.Sessions(); n != 6 {
+		t.Fatalf("%d sessions opened for 12 transactions 6 at a time, want 6", n)
+	}
+}
+
+// switchableToken is a token source that starts failing as told.
+type switchableToken struct {
+	mu  sync.Mutex
+	err error
+}
+
+func (s *switchableToken) Token(context.Context) (*oauth2.Token, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.err != nil {
+		return nil, s.err
+	}
+	return &oauth2.Token{AccessToken: tok}, nil
+}
+
+func (s *switchableToken) fail(err error) { s.mu.Lock(); s.err = err; s.mu.Unlock() }
+
+type signedOut struct{}
+
+func (signedOut) Error() string      { return "the account is not signed in" }
+func (signedOut) PersonNeeded() bool { return true }
+
+// A session pooled (or opened ahead) before the account was signed out
+// carries no more messages: the next one is told a person must sign in,
+// and the pool is emptied. A temporary token failure leaves pooled
+// sessions in use.
+func TestSMTPUpstreamPooledSessionsEndWithTheSignIn(t *testing.T) {
+	auths := make(chan struct{}, 10)
+	addr := fakeSMTPCounting(t, auths)
+	src := &switchableToken{}
+	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 10,
+		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: src}})
+	defer up.Close()
+	sendVia(t, up)
+	src.fail(errors.New("token endpoint: 503"))
+	sendVia(t, up) // on the pooled session
+	src.fail(signedOut{})
+	_, err := up.Begin(context.Background(), "a@x", nil)
+	if KindOf(err) != PersonNeeded {
+		t.Fatalf("a message after the sign-out: %v, want a person-needed error", err)
+	}
+	up.mu.Lock()
+	n := len(up.idle)
+	up.mu.Unlock()
+	if n != 0 {
+		t.Fatalf("%d sessions pooled after the sign-out", n)
 	}
 }

@@ -28,9 +28,9 @@ type SMTPOptions struct {
 	// MessagesPerSession is how many messages one session carries before it
 	// is closed (default 3).
 	MessagesPerSession int
-	// MaxIdle sessions kept open between messages (default 4), or as many
-	// as carry a message at the time, each for at most IdleTimeout (default
-	// 60 s).
+	// MaxIdle sessions kept open between messages (default 4), or two for
+	// each that carried a message at once lately, each for at most
+	// IdleTimeout (default 60 s).
 	MaxIdle     int
 	IdleTimeout time.Duration
 	// Timeout bounds each command's reply and each write (default 2 min):
@@ -288,10 +288,10 @@ func (s *SMTP) drop(sc *smtpConn) {
 	sc.c.Close()
 }
 
-// idleCap is how many idle sessions are kept: MaxIdle, or as many as were
-// in use at once lately, since each of their senders is likely to want one
-// again. The caller holds s.mu.
-func (s *SMTP) idleCap() int { return max(s.o.MaxIdle, s.peak) }
+// idleCap is how many idle sessions are kept: MaxIdle, or two for each
+// session in use at once lately: its sender is likely to want it again,
+// and it may have a successor waiting. The caller holds s.mu.
+func (s *SMTP) idleCap() int { return max(s.o.MaxIdle, 2*s.peak) }
 
 // warm opens the successor of a session near its last message and pools
 // it. If it cannot be opened, the next message opens one itself and

@@ -1,7 +1,6 @@
 package e2e
 
 import (
-	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/emersion/go-sasl"
-	"github.com/emersion/go-smtp"
 )
 
 // Run with: MAILPROXY_E2E_NORACE=1 go test -run '^$' -bench . ./e2e/
@@ -23,24 +21,7 @@ const senders = 16
 
 // sendOnce is one app session: connect, [STARTTLS, AUTH], one message, QUIT.
 func sendOnce(addr string, tlsCfg *tls.Config, auth sasl.Client, msg []byte) error {
-	var c *smtp.Client
-	var err error
-	if tlsCfg != nil {
-		c, err = smtp.DialStartTLS(addr, tlsCfg)
-	} else {
-		c, err = smtp.Dial(addr)
-	}
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Auth(auth); err != nil {
-		return err
-	}
-	if err := c.SendMail("app@example.test", []string{"sink@example.test"}, bytes.NewReader(msg)); err != nil {
-		return err
-	}
-	return c.Quit()
+	return sendMany(addr, tlsCfg, auth, msg, 1)
 }
 
 type xoauth2 struct{ user, token string }

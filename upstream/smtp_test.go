@@ -18,6 +18,12 @@ import (
 // serve says once a client sends MAIL.
 func fakeSMTP(t *testing.T, authReply string, serve func(c net.Conn, r *bufio.Reader)) string {
 	t.Helper()
+	return fakeSMTPWith(t, authReply, func() {}, serve)
+}
+
+// fakeSMTPWith is fakeSMTP that calls onAuth after each login it answers.
+func fakeSMTPWith(t *testing.T, authReply string, onAuth func(), serve func(c net.Conn, r *bufio.Reader)) string {
+	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -45,6 +51,7 @@ func fakeSMTP(t *testing.T, authReply string, serve func(c net.Conn, r *bufio.Re
 						io.WriteString(c, "334 \r\n")
 						r.ReadString('\n')
 						io.WriteString(c, authReply)
+						onAuth()
 					case "MAIL":
 						io.WriteString(c, "250 2.1.0 ok\r\n")
 						serve(c, r)
@@ -239,29 +246,7 @@ func TestSMTPUpstreamRSETOnlyAfterAnAbortedTransaction(t *testing.T) {
 	verbs := make(chan string, 100)
 	addr := fakeSMTP(t, "235 ok\r\n", func(c net.Conn, r *bufio.Reader) {
 		verbs <- "MAIL"
-		for {
-			line, err := r.ReadString('\n')
-			if err != nil {
-				return
-			}
-			verb := strings.ToUpper(strings.Fields(line + " x")[0])
-			switch verb {
-			case "DATA":
-				io.WriteString(c, "354 go ahead\r\n")
-				for l := ""; l != ".\r\n"; {
-					if l, err = r.ReadString('\n'); err != nil {
-						return
-					}
-				}
-				io.WriteString(c, "250 2.0.0 queued\r\n")
-			case "QUIT":
-				io.WriteString(c, "221 bye\r\n")
-				return
-			default:
-				io.WriteString(c, "250 ok\r\n")
-			}
-			verbs <- verb
-		}
+		serveMessages(c, r, func(verb string) { verbs <- verb })
 	})
 	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 10,
 		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
@@ -302,55 +287,41 @@ func TestSMTPUpstreamRSETOnlyAfterAnAbortedTransaction(t *testing.T) {
 	}
 }
 
-// fakeSMTPCounting is a server that takes every message and counts the
-// logins it has seen on auths.
+// serveMessages answers what follows a MAIL: messages are taken, seen is
+// told each verb after its reply, QUIT ends.
+func serveMessages(c net.Conn, r *bufio.Reader, seen func(verb string)) {
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return
+		}
+		verb := strings.ToUpper(strings.Fields(line + " x")[0])
+		switch verb {
+		case "DATA":
+			io.WriteString(c, "354 go ahead\r\n")
+			for l := ""; l != ".\r\n"; {
+				if l, err = r.ReadString('\n'); err != nil {
+					return
+				}
+			}
+			io.WriteString(c, "250 2.0.0 queued\r\n")
+		case "QUIT":
+			io.WriteString(c, "221 bye\r\n")
+			return
+		default:
+			io.WriteString(c, "250 ok\r\n")
+		}
+		seen(verb)
+	}
+}
+
+// fakeSMTPCounting is a server that takes every message and tells auths
+// of each login.
 func fakeSMTPCounting(t *testing.T, auths chan<- struct{}) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				io.WriteString(c, "220 fake ESMTP\r\n")
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					switch strings.ToUpper(strings.Fields(line + " x")[0]) {
-					case "EHLO":
-						io.WriteString(c, "250-fake\r\n250 AUTH XOAUTH2\r\n")
-					case "AUTH":
-						io.WriteString(c, "235 ok\r\n")
-						auths <- struct{}{}
-					case "DATA":
-						io.WriteString(c, "354 go ahead\r\n")
-						for l := ""; l != ".\r\n"; {
-							if l, err = r.ReadString('\n'); err != nil {
-								return
-							}
-						}
-						io.WriteString(c, "250 2.0.0 queued\r\n")
-					case "QUIT":
-						io.WriteString(c, "221 bye\r\n")
-						return
-					default:
-						io.WriteString(c, "250 ok\r\n")
-					}
-				}
-			}()
-		}
-	}()
-	return l.Addr().String()
+	return fakeSMTPWith(t, "235 ok\r\n", func() { auths <- struct{}{} }, func(c net.Conn, r *bufio.Reader) {
+		serveMessages(c, r, func(string) {})
+	})
 }
 
 func sendVia(t *testing.T, up *SMTP) {

@@ -19,7 +19,7 @@ const DefaultIdleTimeout = 31 * time.Minute
 // fills the small buffer means data is streaming, and a large pooled buffer
 // is used until the stream slows down.
 const (
-	smallRelayBuf = 1 << 10
+	smallRelayBuf = 512
 	largeRelayBuf = 64 << 10
 )
 

@@ -251,27 +251,14 @@ func TestSMTPUpstreamRSETOnlyAfterAnAbortedTransaction(t *testing.T) {
 	up := NewSMTP(SMTPOptions{Profile: "p", Addr: addr, TLS: "none", MessagesPerSession: 10,
 		Auth: Auth{Mechanism: MechXOAUTH2, User: "u@x", Tokens: staticToken(tok)}})
 	defer up.Close()
-	ctx := context.Background()
-	send := func() {
-		txn, err := up.Begin(ctx, "a@x", nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := txn.Rcpt(ctx, "b@x", nil); err != nil {
-			t.Fatal(err)
-		}
-		if err := txn.Data(ctx, strings.NewReader("Subject: x\r\n\r\nbody\r\n")); err != nil {
-			t.Fatal(err)
-		}
-	}
-	send()
-	send()
-	txn, err := up.Begin(ctx, "a@x", nil)
+	sendVia(t, up)
+	sendVia(t, up)
+	txn, err := up.Begin(context.Background(), "a@x", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	txn.Abort()
-	send()
+	sendVia(t, up)
 	var got []string
 	for len(got) < 12 {
 		select {

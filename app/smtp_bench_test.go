@@ -79,28 +79,36 @@ func sendMessages(b *testing.B, addr string, auth sasl.Client, msg []byte, n int
 	}
 }
 
-func BenchmarkSMTPData1MB(b *testing.B) {
-	msg := bytes.Repeat([]byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-_+/=ABCDEF\r\n"), 1<<20/76)
+// BenchmarkSMTPData1MB is the DATA path: one large message per session.
+func BenchmarkSMTPData1MB(b *testing.B) { benchSMTP(b, 1<<20, 1) }
+
+// BenchmarkSMTPData10KB is the path of each small message: 30 on a
+// session, so upstream sessions end after their default 3 messages and
+// the next ones are opened ahead.
+func BenchmarkSMTPData10KB(b *testing.B) { benchSMTP(b, 10<<10, 30) }
+
+// benchSMTP sends perSession messages of about size bytes on each session,
+// directly to the sink and through mailproxy, in the same run.
+func benchSMTP(b *testing.B, size, perSession int) {
+	line := []byte("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-_+/=ABCDEF\r\n")
+	msg := bytes.Repeat(line, size/len(line))
 	sink := smtp.NewServer(sinkBackend{})
 	sink.Domain, sink.AllowInsecureAuth = "sink", true
 	sinkAddr := listen(b, sink.Serve)
-
-	b.Run("direct", func(b *testing.B) {
-		b.SetBytes(int64(len(msg)))
+	run := func(b *testing.B, addr string, auth sasl.Client) {
+		b.SetBytes(int64(len(msg) * perSession))
 		for b.Loop() {
-			sendMessages(b, sinkAddr, nil, msg, 1)
+			sendMessages(b, addr, auth, msg, perSession)
 		}
-	})
+		b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N*perSession), "µs/msg")
+	}
+	b.Run("direct", func(b *testing.B) { run(b, sinkAddr, nil) })
 	b.Run("mailproxy", func(b *testing.B) {
 		up := upstream.NewSMTP(upstream.SMTPOptions{Profile: "bench", Addr: sinkAddr, TLS: "none",
 			Auth: upstream.Auth{Mechanism: upstream.MechXOAUTH2, User: "u@example.test", Tokens: fixedToken{}}})
 		defer up.Close()
 		srv := proxy.NewSMTPServer(proxy.SMTPOptions{Profiles: []proxy.SMTPProfile{{Name: "bench", Sender: smtpSender{up},
 			Users: []proxy.LocalUser{{Username: "app", Password: "pw"}}}}})
-		addr := listen(b, srv.Serve)
-		b.SetBytes(int64(len(msg)))
-		for b.Loop() {
-			sendMessages(b, addr, sasl.NewPlainClient("", "app", "pw"), msg, 1)
-		}
+		run(b, listen(b, srv.Serve), sasl.NewPlainClient("", "app", "pw"))
 	})
 }
